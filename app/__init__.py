@@ -1,0 +1,1 @@
+"""HTTP edge of the service: app factory, routes, schemas, auth, errors, CLI."""

@@ -1,0 +1,86 @@
+"""The ``nba`` command.
+
+``nba serve`` runs the API. With no ``NBA_REDIS_URL`` it first starts a private redis-server with
+persistence in the data folder and hands its address to every worker; on exit it stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.settings import Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "data_dir": args.data_dir,
+        "policies": args.policies,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[f"NBA_{name.upper()}"] = str(value)
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        print(f"nba serve: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    if (reason := settings.refuse_reason()) is not None:
+        print(f"nba serve: {reason}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from feature_store.embedded import EmbeddedRedis, EmbeddedRedisError
+
+    embedded = None
+    if settings.redis_url is None:
+        try:
+            embedded = EmbeddedRedis(settings.data_dir).start()
+        except EmbeddedRedisError as exc:
+            print(f"nba serve: {exc}", file=sys.stderr)
+            return 2
+        # Every worker (a separate process) reads its settings from the environment.
+        os.environ["NBA_REDIS_URL"] = embedded.url
+        print(f"nba serve: embedded Redis with data in {embedded.data_dir}", file=sys.stderr)
+    try:
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=True,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nba", description="Real-time next-best-action decisioning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP API (and, by default, a private Redis)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1; others need NBA_API_KEYS)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument("--policies", type=Path, help="catalogue folder (default: the shipped one)")
+    serve.add_argument("--data-dir", type=Path, help="embedded Redis data folder (default ./nba-data)")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

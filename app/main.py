@@ -1,0 +1,73 @@
+"""The application factory. Run with ``nba serve`` or ``uvicorn --factory app.main:create_app``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TypedDict
+
+import structlog
+from fastapi import FastAPI
+
+from app import errors
+from app import logging as app_logging
+from app.auth import KeyRing
+from app.limits import BodyLimits
+from app.routes import customers, events, health
+from app.services import Services, store_config
+from app.settings import Settings
+from feature_store import ProfileStore, StoreUnavailable
+from feature_store.embedded import EmbeddedRedis
+
+log = structlog.get_logger("nba")
+
+
+class State(TypedDict):
+    services: Services
+
+
+def create_app(settings: Settings | None = None, *, clock: Callable[[], float] = time.time) -> FastAPI:
+    """Build the service. Without ``settings`` they are read from the environment (``NBA_*``)."""
+    settings = settings or Settings()
+    if (reason := settings.refuse_reason()) is not None:
+        raise SystemExit(reason)
+    app_logging.configure(settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+        async with AsyncExitStack() as stack:
+            url = settings.redis_url
+            if url is None:
+                embedded = await asyncio.to_thread(EmbeddedRedis(settings.data_dir).start)
+                stack.callback(embedded.stop)
+                url = embedded.url
+                log.info("embedded_redis_started", data_dir=str(embedded.data_dir))
+            store = ProfileStore.connect(
+                url,
+                store_config(settings),
+                clock=clock,
+                timeout_s=settings.store_timeout_ms / 1000,
+                max_connections=settings.store_max_connections,
+            )
+            stack.push_async_callback(store.aclose)
+            services = Services(settings, store, KeyRing(settings.api_keys), clock)
+            try:
+                await store.load_scripts()
+            except StoreUnavailable as exc:  # the store may come later; /readyz tells
+                log.warning("store_not_ready_at_start", error=str(exc))
+            log.info("service_started", open=services.keys.open)
+            yield {"services": services}
+
+    app = FastAPI(
+        title="nba: next-best-action decisioning",
+        version="1",
+        summary="Live customer profiles, next best actions, learning and measurement.",
+        lifespan=lifespan,
+    )
+    errors.install(app, retry_after_s=settings.retry_after_s)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes)
+    for module in (events, customers, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,80 @@
+"""Service settings, read from ``NBA_*`` environment variables (or a ``.env`` file) once, then passed in."""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Scope(StrEnum):
+    """What an API key may do. Each scope includes the ones before it."""
+
+    WEB = "web"
+    SERVER = "server"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Scope).index(self)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NBA_", env_file=".env", extra="ignore")
+
+    redis_url: str | None = Field(
+        None, description="Redis to use, e.g. redis://host:6379/0. Unset: a private redis-server in data_dir."
+    )
+    data_dir: Path = Field(Path("nba-data"), description="Where the embedded Redis keeps its data.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    policies: Path | None = Field(None, description="Catalogue folder; unset: the shipped catalogue.")
+    api_keys: Annotated[dict[str, Scope], NoDecode] = Field(
+        repr=False,
+        default_factory=dict,
+        description="Comma-separated key:scope pairs, e.g. 'k1:web,k2:admin'. Unset: open, loopback only.",
+    )
+    profile_ttl_days: int = Field(400, ge=1, le=3650)
+    dedupe_window_hours: int = Field(24, ge=24, le=24 * 30)
+    future_tolerance_s: int = Field(300, ge=0, le=86_400, description="How far ahead an event time may be.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    store_timeout_ms: int = Field(500, ge=10, le=10_000)
+    store_max_connections: int = Field(64, ge=1, le=10_000)
+    retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After on 503s.")
+    log_format: str = Field("auto", pattern="^(auto|json|console)$")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        keys: dict[str, str] = {}
+        for pair in filter(None, (part.strip() for part in value.split(","))):
+            key, sep, scope = pair.rpartition(":")
+            if not sep or not key:
+                raise ValueError(f"NBA_API_KEYS entries are key:scope, got {pair[:4]}…")
+            keys[key] = scope
+        return keys
+
+    def listens_on_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def refuse_reason(self) -> str | None:
+        """Why this configuration must not start, or ``None``."""
+        if not self.api_keys and not self.listens_on_loopback():
+            return (
+                f"refusing to listen on {self.host} without API keys: anyone who can reach it could read "
+                "and erase customer profiles. Set NBA_API_KEYS (e.g. 'a-long-secret:admin,"
+                "a-public-key:web') or listen on 127.0.0.1."
+            )
+        return None

@@ -1,0 +1,20 @@
+"""Live customer profiles in Redis: events in, profiles out (see ``store.py``; key shapes in ``keys.py``)."""
+
+from feature_store.errors import IdentityConflict, StoreError, StoreUnavailable
+from feature_store.events import Event
+from feature_store.keys import IdKind
+from feature_store.profile import Profile, StageRules
+from feature_store.store import Ingested, ProfileStore, StoreConfig
+
+__all__ = [
+    "Event",
+    "IdKind",
+    "IdentityConflict",
+    "Ingested",
+    "Profile",
+    "ProfileStore",
+    "StageRules",
+    "StoreConfig",
+    "StoreError",
+    "StoreUnavailable",
+]

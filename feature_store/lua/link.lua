@@ -1,0 +1,13 @@
+-- First step of linking an anonymous visitor to a customer, in the visitor's slot.
+-- KEYS: the anonymous profile's keys (ProfileKeys.script_keys()): p, w, cart, r, d, s, alias.
+-- ARGV[1] customer id   ARGV[2] inactivity TTL (ms)
+-- Points the alias at the customer (from here on, events under the anonymous id go to the customer)
+-- and returns what the visitor's profile holds, to be merged. Repeating it for the same customer
+-- returns what is left, so an interrupted link completes when retried.
+local linked = redis.call("GET", KEYS[7])
+if linked and linked ~= ARGV[1] then
+  return {"conflict", linked}
+end
+redis.call("SET", KEYS[7], ARGV[1], "PX", ARGV[2])
+return {"ok", redis.call("HGETALL", KEYS[1]), redis.call("HGETALL", KEYS[2]), redis.call("HGETALL", KEYS[3]),
+  redis.call("ZRANGE", KEYS[4], 0, -1, "WITHSCORES"), redis.call("ZRANGE", KEYS[5], 0, -1, "WITHSCORES")}

@@ -1,0 +1,296 @@
+"""The customer profile: how it is stored, read, staged and merged. Pure code, no I/O.
+
+Stored form (:class:`RawProfile`) is what Redis holds (see ``keys.py``); :func:`decode` turns it into
+the :class:`Profile` the API shows and the policies read.
+
+Windowed counts
+---------------
+Each window is a ring of buckets: ``30m`` in 1-minute buckets, ``24h`` in 1-hour buckets, ``7d`` in
+6-hour buckets, ``30d`` in 1-day buckets. A window's count is the sum of the current bucket and the
+``buckets`` before it, so it covers the window and at most one bucket more (the 30-minute count covers
+the last 30 to 31 minutes). Events land in the bucket of their own event time, so late events count
+where they belong, and events older than a window never enter it.
+
+Journey stage
+-------------
+The first rule that holds, in this order (thresholds in :class:`StageRules`):
+
+1. ``lapsed``: has ordered, and the last order is more than ``lapsed_after_days`` (90) old;
+2. ``loyalty``: ``loyal_orders`` (3) orders or more;
+3. ``retention``: at least one order;
+4. ``purchase``: something in the cart, or a checkout started within ``checkout_days`` (1);
+5. ``consideration``: has viewed a product, searched, read the FAQ, added to a cart, signed up or
+   clicked an email;
+6. ``awareness``: anything else (page views alone).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from feature_store.events import PropertyValue
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    name: str
+    code: str
+    bucket_ms: int
+    buckets: int
+
+
+WINDOWS: Final = (
+    Window("30m", "m", 60_000, 30),
+    Window("24h", "h", 3_600_000, 24),
+    Window("7d", "q", 21_600_000, 28),
+    Window("30d", "d", 86_400_000, 30),
+)
+WINDOW_SPEC: Final = ",".join(f"{w.code}:{w.bucket_ms}:{w.buckets}" for w in WINDOWS)
+RECENT_EVENTS: Final = 20
+
+STAGES: Final = ("awareness", "consideration", "purchase", "retention", "loyalty", "lapsed")
+_CONSIDERATION_TYPES: Final = (
+    "product_view", "search", "faq_view", "add_to_cart", "signup", "email_click",
+)  # fmt: skip
+DAY_MS: Final = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class StageRules:
+    loyal_orders: int = 3
+    lapsed_after_days: int = 90
+    checkout_days: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RawProfile:
+    """A profile as Redis holds it: the hashes as dicts, sorted sets as (member, score) pairs."""
+
+    profile: Mapping[str, str] = field(default_factory=dict)
+    windows: Mapping[str, str] = field(default_factory=dict)
+    cart: Mapping[str, str] = field(default_factory=dict)
+    recent: tuple[tuple[str, float], ...] = ()
+    dedupe: tuple[tuple[str, float], ...] = ()
+    aliases: frozenset[str] = frozenset()
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.profile)
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    total: int
+    last_at_ms: int | None
+    windows: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class CartLine:
+    item_id: str
+    quantity: int
+    price: float | None
+    changed_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cart:
+    lines: tuple[CartLine, ...]
+    changed_at_ms: int | None
+
+    @property
+    def quantity(self) -> int:
+        return sum(line.quantity for line in self.lines)
+
+    @property
+    def value(self) -> float:
+        return round(sum(line.quantity * (line.price or 0.0) for line in self.lines), 2)
+
+
+@dataclass(frozen=True, slots=True)
+class RecentEvent:
+    type: str
+    time_ms: int
+    properties: Mapping[str, PropertyValue]
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    granted: bool
+    changed_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    id: str
+    kind: str  # "customer" or "anonymous"
+    anonymous_ids: tuple[str, ...]
+    stage: str
+    first_seen_ms: int | None
+    last_seen_ms: int | None
+    orders: int
+    revenue: float
+    first_purchase_ms: int | None
+    last_purchase_ms: int | None
+    counts: Mapping[str, Counts]
+    cart: Cart
+    recent: tuple[RecentEvent, ...]
+    consent: Mapping[str, Consent]
+    attributes: Mapping[str, Any]
+
+
+def _int(value: str | None) -> int | None:
+    return None if value is None else int(float(value))
+
+
+def _stamped(value: str) -> tuple[int, str]:
+    stamp, _, rest = value.partition("|")
+    return int(stamp), rest
+
+
+def window_counts(windows: Mapping[str, str], now_ms: int) -> dict[str, dict[str, int]]:
+    """Sum bucketed counters into ``{type: {window name: count}}`` as of ``now_ms``."""
+    by_code = {w.code: w for w in WINDOWS}
+    oldest = {w.code: now_ms // w.bucket_ms - w.buckets for w in WINDOWS}
+    out: dict[str, dict[str, int]] = {}
+    for name, value in windows.items():
+        head, _, event_type = name.partition(":")
+        code, bucket = head[0], int(head[1:])
+        window = by_code.get(code)
+        if window is None or bucket < oldest[code]:
+            continue
+        per_type = out.setdefault(event_type, {w.name: 0 for w in WINDOWS})
+        per_type[window.name] += int(value)
+    return out
+
+
+def stage(p: Mapping[str, str], cart_lines: int, now_ms: int, rules: StageRules = StageRules()) -> str:
+    orders = int(p.get("orders", 0))
+    last_purchase = _int(p.get("t:purchase"))
+    if orders > 0:
+        if last_purchase is not None and now_ms - last_purchase > rules.lapsed_after_days * DAY_MS:
+            return "lapsed"
+        return "loyalty" if orders >= rules.loyal_orders else "retention"
+    checkout = _int(p.get("t:checkout_started"))
+    if cart_lines > 0 or (checkout is not None and now_ms - checkout <= rules.checkout_days * DAY_MS):
+        return "purchase"
+    if any(f"n:{t}" in p for t in _CONSIDERATION_TYPES):
+        return "consideration"
+    return "awareness"
+
+
+def decode(raw: RawProfile, *, id: str, kind: str, now_ms: int, rules: StageRules = StageRules()) -> Profile:
+    p = raw.profile
+    windows = window_counts(raw.windows, now_ms)
+    empty = {w.name: 0 for w in WINDOWS}
+    counts: dict[str, Counts] = {}
+    consent: dict[str, Consent] = {}
+    attributes: dict[str, Any] = {}
+    for name, value in p.items():
+        prefix, _, rest = name.partition(":")
+        if prefix == "n":
+            counts[rest] = Counts(int(value), _int(p.get(f"t:{rest}")), windows.get(rest, empty))
+        elif prefix == "c":
+            stamp, granted = _stamped(value)
+            consent[rest] = Consent(granted == "1", stamp)
+        elif prefix == "a":
+            attributes[rest] = json.loads(_stamped(value)[1])
+    lines = []
+    for item_id, value in raw.cart.items():
+        quantity, price, changed = value.split("|")
+        lines.append(CartLine(item_id, int(quantity), float(price) if price else None, int(changed)))
+    lines.sort(key=lambda line: (line.changed_at_ms, line.item_id))
+    recent = []
+    for member, _score in sorted(raw.recent, key=lambda pair: -pair[1]):
+        data = json.loads(member)
+        recent.append(RecentEvent(data["y"], int(data["t"]), data.get("p", {})))
+    last_seen = max((c.last_at_ms for c in counts.values() if c.last_at_ms is not None), default=None)
+    return Profile(
+        id=id,
+        kind=kind,
+        anonymous_ids=tuple(sorted(raw.aliases)),
+        stage=stage(p, len(lines), now_ms, rules),
+        first_seen_ms=_int(p.get("first")),
+        last_seen_ms=last_seen,
+        orders=int(p.get("orders", 0)),
+        revenue=round(float(p.get("revenue", 0)), 2),
+        first_purchase_ms=_int(p.get("first_purchase")),
+        last_purchase_ms=_int(p.get("t:purchase")),
+        counts=dict(sorted(counts.items())),
+        cart=Cart(tuple(lines), _int(p.get("cart_changed"))),
+        recent=tuple(recent),
+        consent=dict(sorted(consent.items())),
+        attributes=dict(sorted(attributes.items())),
+    )
+
+
+# How each stored profile field combines when an anonymous profile merges into a known one.
+_SUM = ("n:", "orders", "revenue")
+_MAX = ("t:", "cart_changed", "cart_cleared", "pruned")
+_MIN = ("first", "first_purchase")
+_LATEST = ("c:", "a:")
+
+
+def _merge_field(name: str, known: str, anon: str) -> str:
+    if name.startswith(_SUM):
+        total = float(known) + float(anon)
+        return repr(total) if name == "revenue" else str(int(total))
+    if name.startswith(_MAX):
+        return str(max(int(known), int(anon)))
+    if name.startswith(_MIN):
+        return str(min(int(known), int(anon)))
+    if name.startswith(_LATEST):
+        return anon if _stamped(anon)[0] > _stamped(known)[0] else known
+    raise ValueError(f"no merge rule for profile field {name!r}")
+
+
+def _merge_maps(known: Mapping[str, str], anon: Mapping[str, str], combine: Any) -> dict[str, str]:
+    out = dict(known)
+    for name, value in anon.items():
+        out[name] = combine(name, out[name], value) if name in out else value
+    return out
+
+
+def _merge_line(_item: str, known: str, anon: str) -> str:
+    kq, kp, kt = known.split("|")
+    aq, ap, at = anon.split("|")
+    price = ap if (int(at) > int(kt) and ap) or not kp else kp
+    return f"{int(kq) + int(aq)}|{price}|{max(int(kt), int(at))}"
+
+
+def _merge_scored(
+    *sets: Iterable[tuple[str, float]], keep: int | None = None
+) -> tuple[tuple[str, float], ...]:
+    best: dict[str, float] = {}
+    for pairs in sets:
+        for member, score in pairs:
+            best[member] = max(score, best.get(member, score))
+    ordered = sorted(best.items(), key=lambda pair: -pair[1])
+    return tuple(ordered[:keep] if keep is not None else ordered)
+
+
+def merge(known: RawProfile, anon: RawProfile) -> RawProfile:
+    """Fold an anonymous visitor's profile into a known customer's.
+
+    Counters and windows add, first times take the earlier and last times the later, consent and
+    attributes keep the value with the later event time, cart lines carry over (quantities of the same
+    item add), recent events interleave by time and keep the newest 20, seen event ids are united.
+    """
+    return RawProfile(
+        profile=_merge_maps(known.profile, anon.profile, _merge_field),
+        windows=_merge_maps(known.windows, anon.windows, lambda _n, a, b: str(int(a) + int(b))),
+        cart=_merge_maps(known.cart, anon.cart, _merge_line),
+        recent=_merge_scored(known.recent, anon.recent, keep=RECENT_EVENTS),
+        dedupe=_merge_scored(known.dedupe, anon.dedupe),
+        aliases=known.aliases | anon.aliases,
+    )
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,371 @@
+"""The profile store: events in, profiles out, in as few Redis round trips as the work allows.
+
+* An event, or a batch of events for one customer, costs one round trip (``apply.lua``). A batch for
+  many customers costs one round trip for all of them (scripts of up to ``CHUNK_EVENTS`` events each,
+  pipelined), plus one more when some events name an anonymous id that was already linked to a
+  customer: the script answers with the customer id and those events are re-sent there.
+* Reading a profile is the same script with no events (one round trip; two through a linked
+  anonymous id).
+* Linking and erasing are rare administrative writes and take a few round trips each; both are safe
+  to repeat after a failure (see :meth:`ProfileStore.link` and :meth:`ProfileStore.erase`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis import exceptions as rx
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from feature_store import keys
+from feature_store.errors import IdentityConflict, StoreUnavailable
+from feature_store.events import Event, attribute_values, dedupe_key, effect, key_properties, order_key
+from feature_store.keys import IdKind, ProfileKeys
+from feature_store.profile import WINDOW_SPEC, Profile, RawProfile, StageRules, decode, merge
+
+Clock = Callable[[], float]
+CHUNK_EVENTS: Final = 100
+_UNAVAILABLE_REPLIES: Final = ("OOM", "MISCONF", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    profile_ttl_ms: int = 400 * 86_400_000
+    dedupe_window_ms: int = 24 * 3_600_000
+    stage_rules: StageRules = field(default_factory=StageRules)
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    accepted: int
+    duplicates: int
+
+
+def _lua(name: str) -> str:
+    return resources.files("feature_store").joinpath("lua", name).read_text()
+
+
+def target(event: Event) -> ProfileKeys:
+    """The profile an event lands on: the customer id when given, else the anonymous id."""
+    if event.customer_id is not None:
+        return keys.customer(event.customer_id)
+    assert event.anonymous_id is not None, "validation guarantees one of the two ids"
+    return keys.anonymous(event.anonymous_id)
+
+
+def prepare(event: Event) -> dict[str, Any]:
+    """The event in the compact shape ``apply.lua`` reads."""
+    out: dict[str, Any] = {"y": event.type, "t": event.time_ms}
+    member: dict[str, Any] = {"y": event.type, "t": event.time_ms}
+    if props := key_properties(event.properties):
+        member["p"] = props
+    # Recent events are a sorted set, so two identical events need something to tell them apart.
+    member["k"] = event.event_id if event.event_id is not None else os.urandom(6).hex()
+    out["m"] = json.dumps(member, separators=(",", ":"), ensure_ascii=False)
+    if (dedupe := dedupe_key(event)) is not None:
+        out["i"] = dedupe
+    if (order := order_key(event)) is not None:
+        out["o"] = order
+    out.update(effect(event.type, event.properties))
+    if attributes := attribute_values(event):
+        out["a"] = {name: json.dumps(value, separators=(",", ":")) for name, value in attributes}
+    return out
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _scored(flat: Sequence[str]) -> tuple[tuple[str, float], ...]:
+    return tuple((m, float(s)) for m, s in zip(flat[::2], flat[1::2], strict=True))
+
+
+@dataclass(slots=True)
+class _Call:
+    targets: list[ProfileKeys]
+    batches: list[list[Event]]
+
+
+def _chunks(groups: dict[ProfileKeys, list[Event]]) -> list[_Call]:
+    calls: list[_Call] = []
+    current = _Call([], [])
+    size = 0
+    for profile_keys, events in groups.items():
+        for start in range(0, len(events), CHUNK_EVENTS):
+            part = events[start : start + CHUNK_EVENTS]
+            if size + len(part) > CHUNK_EVENTS and current.targets:
+                calls.append(current)
+                current, size = _Call([], []), 0
+            current.targets.append(profile_keys)
+            current.batches.append(part)
+            size += len(part)
+    if current.targets:
+        calls.append(current)
+    return calls
+
+
+@asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    """Turn Redis's failures of reach into :class:`StoreUnavailable`; let every other error through."""
+    try:
+        yield
+    except (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"the profile store is unreachable: {exc}") from exc
+    except rx.ResponseError as exc:
+        if str(exc).startswith(_UNAVAILABLE_REPLIES):
+            raise StoreUnavailable(f"the profile store refused the write: {exc}") from exc
+        raise
+
+
+class ProfileStore:
+    """Profiles in Redis. Build with :meth:`connect`, close with :meth:`aclose`.
+
+    Examples
+    --------
+    >>> store = ProfileStore.connect("redis://127.0.0.1:6379/0")      # doctest: +SKIP
+    >>> await store.ingest([Event("page_view", 1_700_000_000_000, customer_id="c-42")])  # doctest: +SKIP
+    Ingested(accepted=1, duplicates=0)
+    """
+
+    def __init__(self, client: aioredis.Redis, config: StoreConfig, clock: Clock = time.time) -> None:
+        self._redis = client
+        self._config = config
+        self._clock = clock
+        self._apply_src = _lua("apply.lua")
+        self._link = client.register_script(_lua("link.lua"))
+        self._apply_sha: str | None = None
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        config: StoreConfig | None = None,
+        *,
+        clock: Clock = time.time,
+        timeout_s: float = 0.5,
+        max_connections: int = 64,
+        connection_class: type[AbstractConnection] | None = None,
+    ) -> ProfileStore:
+        """A store on ``url`` with a bounded pool whose every wait is bounded by ``timeout_s``.
+
+        No retries inside the client: a write whose reply was lost is answered 503 rather than applied
+        twice behind the caller's back.
+        """
+        extra: dict[str, Any] = {"connection_class": connection_class} if connection_class else {}
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
+            **extra,
+        )
+        return cls(aioredis.Redis(connection_pool=pool), config or StoreConfig(), clock)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def load_scripts(self) -> None:
+        """Load the scripts now, so the first event does not pay for it."""
+        async with _translated():
+            self._apply_sha = await self._redis.script_load(self._apply_src)
+
+    async def ping(self) -> None:
+        async with _translated():
+            await self._redis.ping()
+
+    async def ingest(self, events: Iterable[Event]) -> Ingested:
+        """Apply events, each exactly once per dedupe id within the dedupe window."""
+        groups: dict[ProfileKeys, list[Event]] = {}
+        for event in events:
+            groups.setdefault(target(event), []).append(event)
+        accepted = duplicates = 0
+        for attempt in range(2):
+            results = await self._apply(_chunks(groups), read=False)
+            redirected: dict[ProfileKeys, list[Event]] = {}
+            for profile_keys, result in results:
+                if result[0] == "redirect":
+                    redirected.setdefault(keys.customer(result[1]), []).extend(groups[profile_keys])
+                else:
+                    accepted += int(result[1])
+                    duplicates += int(result[2])
+            if not redirected:
+                break
+            # A redirect always lands on a customer id, and customer ids are never redirected.
+            assert attempt == 0, "a linked id pointed at another linked id"
+            groups = redirected
+        return Ingested(accepted, duplicates)
+
+    async def profile(self, profile_id: str, kind: IdKind = IdKind.CUSTOMER) -> Profile | None:
+        """The live profile, or ``None`` when nothing is known of this id."""
+        profile_keys = ProfileKeys(kind, profile_id)
+        [(_, result)] = await self._apply([_Call([profile_keys], [[]])], read=True)
+        if result[0] == "redirect":
+            profile_keys = keys.customer(result[1])
+            [(_, result)] = await self._apply([_Call([profile_keys], [[]])], read=True)
+        raw = RawProfile(
+            profile=_pairs(result[3]),
+            windows=_pairs(result[4]),
+            cart=_pairs(result[5]),
+            recent=_scored(result[6]),
+            aliases=frozenset(result[7]),
+        )
+        if not raw.exists:
+            return None
+        kind_name = "customer" if profile_keys.kind is IdKind.CUSTOMER else "anonymous"
+        return decode(
+            raw, id=profile_keys.id, kind=kind_name, now_ms=self.now_ms(), rules=self._config.stage_rules
+        )
+
+    async def link(self, anonymous_id: str, customer_id: str) -> bool:
+        """Link an anonymous visitor to a customer and merge the visitor's profile into the customer's.
+
+        Returns whether anything was merged by this call (``False`` on a repeat). Three steps, each
+        atomic and each safe to repeat: point the alias at the customer and read the visitor's profile;
+        merge it into the customer's unless the customer already lists the visitor; delete the
+        visitor's data. A link interrupted between steps completes when it is retried.
+
+        Raises :class:`IdentityConflict` when the visitor is already linked to another customer.
+        """
+        anon_keys, known_keys = keys.anonymous(anonymous_id), keys.customer(customer_id)
+        async with _translated():
+            taken = await self._link(
+                keys=anon_keys.script_keys(), args=[customer_id, self._config.profile_ttl_ms]
+            )
+            if taken[0] == "conflict":
+                raise IdentityConflict(anonymous_id, taken[1])
+            anon = RawProfile(
+                profile=_pairs(taken[1]),
+                windows=_pairs(taken[2]),
+                cart=_pairs(taken[3]),
+                recent=_scored(taken[4]),
+                dedupe=_scored(taken[5]),
+            )
+            merged = await self._merge_into(known_keys, anonymous_id, anon)
+            await self._redis.delete(*anon_keys.data_keys())
+        return merged
+
+    async def _merge_into(self, known_keys: ProfileKeys, anonymous_id: str, anon: RawProfile) -> bool:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(*known_keys.data_keys())
+                    if await pipe.sismember(known_keys.aliases, anonymous_id):
+                        await pipe.unwatch()
+                        return False
+                    known = RawProfile(
+                        profile=await pipe.hgetall(known_keys.profile),
+                        windows=await pipe.hgetall(known_keys.windows),
+                        cart=await pipe.hgetall(known_keys.cart),
+                        recent=tuple(await pipe.zrange(known_keys.recent, 0, -1, withscores=True)),
+                        dedupe=tuple(await pipe.zrange(known_keys.dedupe, 0, -1, withscores=True)),
+                    )
+                    result = merge(known, anon) if anon.exists else known
+                    pipe.multi()
+                    self._write(pipe, known_keys, result, anonymous_id)
+                    await pipe.execute()
+                    return anon.exists
+                except rx.WatchError:
+                    continue
+
+    def _write(self, pipe: Any, target_keys: ProfileKeys, raw: RawProfile, anonymous_id: str) -> None:
+        ttl = self._config.profile_ttl_ms
+        pipe.delete(target_keys.profile, target_keys.windows, target_keys.cart, target_keys.recent)
+        for key, mapping in (
+            (target_keys.profile, raw.profile),
+            (target_keys.windows, raw.windows),
+            (target_keys.cart, raw.cart),
+        ):
+            if mapping:
+                pipe.hset(key, mapping=dict(mapping))
+        if raw.recent:
+            pipe.zadd(target_keys.recent, dict(raw.recent))
+        if raw.dedupe:
+            pipe.zadd(target_keys.dedupe, dict(raw.dedupe))
+        pipe.sadd(target_keys.aliases, anonymous_id)
+        for key in target_keys.data_keys():
+            pipe.pexpire(key, ttl)
+
+    async def erase(self, profile_id: str, kind: IdKind = IdKind.CUSTOMER) -> bool:
+        """Erase everything about a person: the profile, every linked anonymous id and its data.
+
+        Through a linked anonymous id, the customer it is linked to is erased. Linked ids go first and
+        the customer's own keys (which list them) last, so an interrupted erase completes when repeated.
+        Returns whether anything existed.
+        """
+        profile_keys = ProfileKeys(kind, profile_id)
+        async with _translated():
+            if kind is IdKind.ANONYMOUS and (linked := await self._redis.get(profile_keys.alias)):
+                profile_keys = keys.customer(linked)
+            aliases = await self._redis.smembers(profile_keys.aliases)
+            existed = bool(await self._redis.exists(*profile_keys.data_keys(), profile_keys.alias))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for anonymous_id in aliases:
+                    linked_keys = keys.anonymous(anonymous_id)
+                    pipe.delete(*linked_keys.data_keys(), linked_keys.alias)
+                pipe.delete(*profile_keys.data_keys(), profile_keys.alias)
+                await pipe.execute()
+        return existed or bool(aliases)
+
+    async def _apply(self, calls: list[_Call], *, read: bool) -> list[tuple[ProfileKeys, Any]]:
+        """Run ``apply.lua`` for every call in one pipelined round trip; re-send on NOSCRIPT."""
+        config = self._config
+        head = [
+            self.now_ms(),
+            config.profile_ttl_ms,
+            config.dedupe_window_ms,
+            WINDOW_SPEC,
+            "1" if read else "0",
+        ]
+        packed = []
+        for call in calls:
+            call_keys = [k for profile_keys in call.targets for k in profile_keys.script_keys()]
+            args = head + [
+                json.dumps([prepare(e) for e in batch], separators=(",", ":")) for batch in call.batches
+            ]
+            packed.append((call_keys, args))
+        results: list[Any] = [None] * len(packed)
+        pending = list(range(len(packed)))
+        async with _translated():
+            for _ in range(2):
+                if self._apply_sha is None:
+                    self._apply_sha = await self._redis.script_load(self._apply_src)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for i in pending:
+                        call_keys, args = packed[i]
+                        pipe.evalsha(self._apply_sha, len(call_keys), *call_keys, *args)
+                    replies = await pipe.execute(raise_on_error=False)
+                missing = []
+                for i, reply in zip(pending, replies, strict=True):
+                    if isinstance(reply, rx.NoScriptError):
+                        missing.append(i)
+                    elif isinstance(reply, Exception):
+                        raise reply
+                    else:
+                        results[i] = reply
+                if not missing:
+                    break
+                # Redis restarted and lost its script cache; nothing of these calls ran.
+                self._apply_sha = None
+                pending = missing
+            else:
+                raise StoreUnavailable("the profile store keeps losing its scripts")
+        out = []
+        for call, reply in zip(calls, results, strict=True):
+            out.extend(zip(call.targets, reply, strict=True))
+        return out

@@ -1,0 +1,1 @@
+"""Pure decision policies: catalogue, rules, funnel, holdouts, arbitration. Arrives with decisioning."""
