@@ -19,8 +19,8 @@ The first rule that holds, in this order (thresholds in :class:`StageRules`):
 2. ``loyalty``: ``loyal_orders`` (3) orders or more;
 3. ``retention``: at least one order;
 4. ``purchase``: something in the cart, or a checkout started within ``checkout_days`` (1);
-5. ``consideration``: has viewed a product, searched, read the FAQ, added to a cart, signed up or
-   clicked an email;
+5. ``consideration``: has ever viewed a product, searched, read the FAQ, changed a cart, started a
+   checkout, signed up or clicked an email;
 6. ``awareness``: anything else (page views alone).
 """
 
@@ -54,7 +54,8 @@ RECENT_EVENTS: Final = 20
 
 STAGES: Final = ("awareness", "consideration", "purchase", "retention", "loyalty", "lapsed")
 _CONSIDERATION_TYPES: Final = (
-    "product_view", "search", "faq_view", "add_to_cart", "signup", "email_click",
+    "product_view", "search", "faq_view", "add_to_cart", "remove_from_cart", "checkout_started",
+    "signup", "email_click",
 )  # fmt: skip
 DAY_MS: Final = 86_400_000
 

@@ -23,7 +23,6 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -154,14 +153,12 @@ class ProfileStore:
         clock: Clock = time.time,
         timeout_s: float = 0.5,
         max_connections: int = 64,
-        connection_class: type[AbstractConnection] | None = None,
     ) -> ProfileStore:
         """A store on ``url`` with a bounded pool whose every wait is bounded by ``timeout_s``.
 
         No retries inside the client: a write whose reply was lost is answered 503 rather than applied
         twice behind the caller's back.
         """
-        extra: dict[str, Any] = {"connection_class": connection_class} if connection_class else {}
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
@@ -170,7 +167,6 @@ class ProfileStore:
             socket_connect_timeout=timeout_s,
             decode_responses=True,
             retry=Retry(NoBackoff(), 0),
-            **extra,
         )
         return cls(aioredis.Redis(connection_pool=pool), config or StoreConfig(), clock)
 

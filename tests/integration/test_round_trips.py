@@ -1,0 +1,90 @@
+"""What each operation costs in Redis round trips, counted on the wire: every request the client sends to
+redis-server goes out as one packed write on a connection (a pipeline is one write), and the ``wire``
+fixture counts those writes for every connection of the process."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio.connection import Connection
+
+from feature_store import Event, IdKind, ProfileStore
+from tests.conftest import AppFactory, Clock
+
+
+class Wire:
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def trips(self, operation: Awaitable[Any]) -> int:
+        before = self.sent
+        await operation
+        return self.sent - before
+
+
+@pytest.fixture
+def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
+    wire = Wire()
+    send = Connection.send_packed_command
+
+    async def counted(self: Connection, command: Any, check_health: bool = True) -> None:
+        wire.sent += 1
+        await send(self, command, check_health)
+
+    monkeypatch.setattr(Connection, "send_packed_command", counted)
+    return wire
+
+
+def page_view(clock: Clock, customer: str, **kw: Any) -> Event:
+    return Event("page_view", int(clock.now * 1000), customer_id=customer, **kw)
+
+
+async def test_one_event_is_one_round_trip(store: ProfileStore, clock: Clock, wire: Wire) -> None:
+    await store.ping()  # open the connection first: what follows counts requests, not the handshake
+    assert await wire.trips(store.ingest([page_view(clock, "c-1")])) == 1
+    cart = Event("add_to_cart", int(clock.now * 1000), customer_id="c-1", properties={"item_id": "a"})
+    assert await wire.trips(store.ingest([cart])) == 1
+
+
+async def test_a_batch_of_1000_events_for_300_customers_is_one_round_trip(
+    store: ProfileStore, clock: Clock, wire: Wire
+) -> None:
+    await store.ping()
+    batch = [page_view(clock, f"c-{i % 300}", event_id=f"e-{i}") for i in range(1000)]
+    assert await wire.trips(store.ingest(batch)) == 1
+    profile = await store.profile("c-7")
+    assert profile is not None
+    assert profile.counts["page_view"].total == len([i for i in range(1000) if i % 300 == 7])
+
+
+async def test_reading_a_profile_is_one_round_trip(store: ProfileStore, clock: Clock, wire: Wire) -> None:
+    await store.ingest([page_view(clock, "c-1")])
+    assert await wire.trips(store.profile("c-1")) == 1
+
+
+async def test_a_linked_visitor_costs_one_more_round_trip(
+    store: ProfileStore, clock: Clock, wire: Wire
+) -> None:
+    visitor = Event("page_view", int(clock.now * 1000), anonymous_id="v-1")
+    await store.ingest([visitor])
+    await store.link("v-1", "c-1")
+    assert await wire.trips(store.ingest([visitor])) == 2
+    assert await wire.trips(store.profile("v-1", IdKind.ANONYMOUS)) == 2
+
+
+async def test_the_events_endpoint_costs_one_round_trip(make_client: AppFactory, wire: Wire) -> None:
+    """Through the whole app: auth, validation, the service and the store."""
+    async with make_client() as client:
+        assert (await client.get("/readyz")).status_code == 200
+        before = wire.sent
+        r = await client.post("/v1/events", json={"customer_id": "c-1", "type": "page_view"})
+        assert r.status_code == 202
+        assert wire.sent - before == 1
+        before = wire.sent
+        batch = {"events": [{"customer_id": f"c-{i}", "type": "page_view"} for i in range(500)]}
+        r: httpx.Response = await client.post("/v1/events", json=batch)
+        assert r.json() == {"accepted": 500, "duplicates": 0}
+        assert wire.sent - before == 1

@@ -1,0 +1,102 @@
+"""``nba serve`` as a person runs it: the embedded Redis starts, keeps data across restarts, and stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from feature_store.embedded import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
+
+
+@contextmanager
+def serving(data_dir: Path, port: int) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("nba serve did not become ready within 30 s")
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def redis_running_in(data_dir: Path) -> bool:
+    """Whether the embedded redis-server answers on its socket in the data folder."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1)
+            sock.connect(str(data_dir / "redis.sock"))
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def test_serve_keeps_data_across_restarts_and_stops_its_redis(tmp_path: Path) -> None:
+    data_dir, port = tmp_path / "data", free_port()
+    base = f"http://127.0.0.1:{port}"
+    with serving(data_dir, port):
+        r = httpx.post(f"{base}/v1/events", json={"customer_id": "c-1", "type": "signup"})
+        assert r.status_code == 202
+        assert redis_running_in(data_dir)
+
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "serve",
+                "--port",
+                str(free_port()),
+                "--data-dir",
+                str(data_dir),
+            ],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2
+        assert "in use by another nba service" in second.stderr
+    assert not redis_running_in(data_dir), "the embedded redis-server stops with the service"
+    assert (data_dir / "appendonly.aof").exists() or (data_dir / "appendonlydir").exists()
+
+    with serving(data_dir, port):
+        profile = httpx.get(f"{base}/v1/customers/c-1").json()
+        assert profile["counts"]["signup"]["total"] == 1
+        assert profile["stage"] == "consideration"

@@ -1,0 +1,263 @@
+"""The store against a real redis-server: scripts, windows, cart, dedupe, TTLs, linking, erasure."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from feature_store import Event, IdentityConflict, IdKind, ProfileStore, StoreConfig
+from feature_store import keys as k
+from tests.conftest import Clock
+
+MINUTE = 60.0
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+
+def ev(clock: Clock, event_type: str, seconds_ago: float = 0, **fields: object) -> Event:
+    props = fields.pop("props", {})
+    return Event(
+        type=event_type,
+        time_ms=int((clock.now - seconds_ago) * 1000),
+        properties=props,  # type: ignore[arg-type]
+        customer_id=fields.pop("customer_id", "c-1"),  # type: ignore[arg-type]
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def counts(store: ProfileStore, event_type: str, customer: str = "c-1") -> dict[str, int]:
+    profile = await store.profile(customer)
+    assert profile is not None
+    c = profile.counts[event_type]
+    return {"total": c.total, **c.windows}
+
+
+async def test_late_events_land_in_the_windows_of_their_own_time(store: ProfileStore, clock: Clock) -> None:
+    await store.ingest(
+        [ev(clock, "page_view"), ev(clock, "page_view", 2 * HOUR), ev(clock, "page_view", 31 * DAY)]
+    )
+    assert await counts(store, "page_view") == {"total": 3, "30m": 1, "24h": 2, "7d": 2, "30d": 2}
+    profile = await store.profile("c-1")
+    assert profile is not None
+    assert profile.first_seen_ms == int((clock.now - 31 * DAY) * 1000)
+    assert profile.last_seen_ms == int(clock.now * 1000)
+
+
+async def test_windows_slide_as_time_passes(store: ProfileStore, clock: Clock) -> None:
+    await store.ingest([ev(clock, "faq_view"), ev(clock, "faq_view")])
+    clock.advance(32 * MINUTE)
+    assert await counts(store, "faq_view") == {"total": 2, "30m": 0, "24h": 2, "7d": 2, "30d": 2}
+    clock.advance(2 * DAY)
+    await store.ingest([ev(clock, "faq_view")])
+    assert await counts(store, "faq_view") == {"total": 3, "30m": 1, "24h": 1, "7d": 3, "30d": 3}
+
+
+async def test_stale_window_buckets_are_pruned(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    await store.ingest([ev(clock, "page_view")])
+    assert raw_redis.hlen(k.customer("c-1").windows) == 4
+    clock.advance(40 * DAY)
+    await store.ingest([ev(clock, "page_view")])
+    assert raw_redis.hlen(k.customer("c-1").windows) == 4
+
+
+async def test_cart_through_add_remove_checkout_and_purchase(store: ProfileStore, clock: Clock) -> None:
+    await store.ingest(
+        [
+            ev(clock, "add_to_cart", 50, props={"item_id": "a", "price": 10.0}),
+            ev(clock, "add_to_cart", 40, props={"item_id": "a", "quantity": 2}),
+            ev(clock, "add_to_cart", 30, props={"item_id": "b", "price": 5.5, "quantity": 3}),
+            ev(clock, "remove_from_cart", 20, props={"item_id": "b", "quantity": 1}),
+            ev(clock, "add_to_cart", 15, props={"item_id": "c", "price": 1.0}),
+            ev(clock, "remove_from_cart", 10, props={"item_id": "c"}),
+            ev(clock, "checkout_started", 5),
+        ]
+    )
+    profile = await store.profile("c-1")
+    assert profile is not None
+    assert {line.item_id: line.quantity for line in profile.cart.lines} == {"a": 3, "b": 2}
+    assert profile.cart.value == 41.0
+    assert profile.stage == "purchase"
+    await store.ingest([ev(clock, "purchase", 0, props={"order_id": "o-1"})])
+    profile = await store.profile("c-1")
+    assert profile is not None
+    assert profile.cart.lines == ()
+    assert profile.orders == 1
+    assert profile.revenue == 41.0, "without revenue, the cart's value is the revenue"
+    assert profile.stage == "retention"
+
+
+async def test_a_late_cart_change_from_before_the_purchase_is_ignored(
+    store: ProfileStore, clock: Clock
+) -> None:
+    await store.ingest([ev(clock, "purchase", 10, props={"revenue": 20})])
+    await store.ingest([ev(clock, "add_to_cart", 60, props={"item_id": "old"})])
+    await store.ingest([ev(clock, "add_to_cart", 0, props={"item_id": "new"})])
+    profile = await store.profile("c-1")
+    assert profile is not None
+    assert [line.item_id for line in profile.cart.lines] == ["new"]
+
+
+async def test_purchase_of_some_items_leaves_the_rest(store: ProfileStore, clock: Clock) -> None:
+    await store.ingest(
+        [
+            ev(clock, "add_to_cart", 20, props={"item_id": "a", "price": 1.0}),
+            ev(clock, "add_to_cart", 20, props={"item_id": "b", "price": 2.0}),
+            ev(clock, "purchase", 10, props={"item_ids": ["a"], "revenue": 1.0}),
+        ]
+    )
+    profile = await store.profile("c-1")
+    assert profile is not None
+    assert [line.item_id for line in profile.cart.lines] == ["b"]
+
+
+async def test_consent_keeps_the_latest_event_time_whatever_the_arrival_order(
+    store: ProfileStore, clock: Clock
+) -> None:
+    await store.ingest([ev(clock, "unsubscribe", 10, props={"channel": "email"})])
+    await store.ingest([ev(clock, "consent", 60, props={"channel": "email", "granted": True})])
+    await store.ingest([ev(clock, "consent", 0, props={"channel": "sms", "granted": True})])
+    profile = await store.profile("c-1")
+    assert profile is not None
+    assert profile.consent["email"].granted is False
+    assert profile.consent["sms"].granted is True
+
+
+async def test_attributes_keep_the_latest_value(store: ProfileStore, clock: Clock) -> None:
+    await store.ingest([ev(clock, "attributes", 0, props={"tier": "gold", "tags": ["a", "b"], "score": 1.5})])
+    await store.ingest([ev(clock, "attributes", 60, props={"tier": "bronze", "city": "Lyon"})])
+    profile = await store.profile("c-1")
+    assert profile is not None
+    assert profile.attributes == {"tier": "gold", "tags": ["a", "b"], "score": 1.5, "city": "Lyon"}
+
+
+async def test_recent_events_keep_the_newest_twenty_by_event_time(store: ProfileStore, clock: Clock) -> None:
+    await store.ingest([ev(clock, "faq_view", i, props={"article_id": f"art-{i}"}) for i in range(25)])
+    await store.ingest([ev(clock, "faq_view", 100, props={"article_id": "late"})])
+    profile = await store.profile("c-1")
+    assert profile is not None
+    assert [e.properties["article_id"] for e in profile.recent] == [f"art-{i}" for i in range(20)]
+
+
+async def test_event_ids_dedupe_within_the_window_and_not_after(
+    redis_url: str, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    store = ProfileStore.connect(redis_url, StoreConfig(dedupe_window_ms=24 * 3_600_000), clock=clock)
+    try:
+        first = await store.ingest(
+            [ev(clock, "page_view", event_id="e-1"), ev(clock, "page_view", event_id="e-1")]
+        )
+        assert (first.accepted, first.duplicates) == (1, 1)
+        clock.advance(23 * HOUR)
+        again = await store.ingest([ev(clock, "page_view", event_id="e-1")])
+        assert (again.accepted, again.duplicates) == (0, 1)
+        clock.advance(2 * HOUR)
+        later = await store.ingest([ev(clock, "page_view", event_id="e-2")])
+        assert raw_redis.zscore(k.customer("c-1").dedupe, "e:e-1") is None, "pruned after the window"
+        assert (later.accepted, later.duplicates) == (1, 0)
+        assert (await counts(store, "page_view"))["total"] == 2
+    finally:
+        await store.aclose()
+
+
+async def test_a_repeated_order_id_is_one_order(store: ProfileStore, clock: Clock) -> None:
+    result = await store.ingest(
+        [
+            ev(clock, "purchase", props={"order_id": "o-9", "revenue": 30}),
+            ev(clock, "purchase", props={"order_id": "o-9", "revenue": 30}),
+        ]
+    )
+    assert (result.accepted, result.duplicates) == (1, 1)
+    profile = await store.profile("c-1")
+    assert profile is not None
+    assert (profile.orders, profile.revenue) == (1, 30.0)
+
+
+async def test_every_key_expires_after_the_inactivity_period(
+    redis_url: str, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    ttl_ms = 400 * 86_400_000
+    store = ProfileStore.connect(redis_url, StoreConfig(profile_ttl_ms=ttl_ms), clock=clock)
+    try:
+        await store.ingest(
+            [
+                ev(clock, "add_to_cart", props={"item_id": "a"}, event_id="e-1"),
+                ev(clock, "page_view", anonymous_id="v-1", customer_id=None),
+            ]
+        )
+        await store.link("v-1", "c-1")
+        keys = raw_redis.keys("nba:*")
+        assert keys, "something was written"
+        for key in keys:
+            ttl = raw_redis.pttl(key)
+            assert ttl_ms - 60_000 < ttl <= ttl_ms, (key, ttl)
+    finally:
+        await store.aclose()
+
+
+async def test_linking_merges_the_visitor_and_later_events_land_on_the_customer(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    await store.ingest(
+        [
+            ev(clock, "product_view", HOUR, anonymous_id="v-1", customer_id=None, props={"item_id": "a"}),
+            ev(clock, "add_to_cart", 60, anonymous_id="v-1", customer_id=None, props={"item_id": "a"}),
+            ev(clock, "page_view", 30, event_id="e-1"),
+        ]
+    )
+    assert await store.link("v-1", "c-1") is True
+    profile = await store.profile("c-1")
+    assert profile is not None
+    assert profile.anonymous_ids == ("v-1",)
+    assert [e.type for e in profile.recent] == ["page_view", "add_to_cart", "product_view"]
+    assert [line.item_id for line in profile.cart.lines] == ["a"]
+    assert not raw_redis.exists(*k.anonymous("v-1").data_keys()), "the visitor's own data is gone"
+
+    result = await store.ingest(
+        [ev(clock, "add_to_cart", anonymous_id="v-1", customer_id=None, props={"item_id": "b"})]
+    )
+    assert result.accepted == 1
+    via_visitor = await store.profile("v-1", IdKind.ANONYMOUS)
+    assert via_visitor is not None
+    assert via_visitor.id == "c-1"
+    assert {line.item_id for line in via_visitor.cart.lines} == {"a", "b"}
+
+    assert await store.link("v-1", "c-1") is False, "a repeat merges nothing"
+    assert (await counts(store, "add_to_cart"))["total"] == 2
+    with pytest.raises(IdentityConflict):
+        await store.link("v-1", "c-2")
+
+
+async def test_an_interrupted_link_completes_on_retry_without_double_counting(
+    store: ProfileStore, clock: Clock
+) -> None:
+    await store.ingest([ev(clock, "page_view", anonymous_id="v-1", customer_id=None)])
+    await store.ingest([ev(clock, "page_view")])
+    # First step only, as if the service died right after it: the alias points at c-1, data not merged.
+    await store._link(keys=k.anonymous("v-1").script_keys(), args=["c-1", 10_000_000])
+    assert (await counts(store, "page_view"))["total"] == 1
+    assert await store.link("v-1", "c-1") is True
+    assert await store.link("v-1", "c-1") is False
+    assert (await counts(store, "page_view"))["total"] == 2
+
+
+async def test_erase_removes_the_customer_and_every_linked_visitor(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    await store.ingest([ev(clock, "page_view", anonymous_id=v, customer_id=None) for v in ("v-1", "v-2")])
+    await store.ingest([ev(clock, "page_view", customer_id="c-other")])
+    await store.link("v-1", "c-1")
+    await store.link("v-2", "c-1")
+    assert await store.erase("v-2", IdKind.ANONYMOUS) is True, "through a linked id, the customer goes"
+    assert await store.profile("c-1") is None
+    assert await store.profile("v-1", IdKind.ANONYMOUS) is None
+    assert sorted(raw_redis.keys("nba:*")) == sorted(
+        key for key in k.customer("c-other").script_keys() if raw_redis.exists(key)
+    )
+    assert await store.erase("c-1") is False
+    # A later event under a linked visitor id starts a new anonymous profile: the link was erased too.
+    await store.ingest([ev(clock, "page_view", anonymous_id="v-1", customer_id=None)])
+    visitor = await store.profile("v-1", IdKind.ANONYMOUS)
+    assert visitor is not None
+    assert visitor.kind == "anonymous"
