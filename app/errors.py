@@ -17,7 +17,7 @@ and answered 500 ``internal_error`` with the request id, never swallowed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.schemas import ErrorBody
 from feature_store import IdentityConflict, StoreUnavailable
 
 log = structlog.get_logger("nba.errors")
@@ -35,6 +36,7 @@ log = structlog.get_logger("nba.errors")
 class ApiError(Exception):
     status = 400
     code = "bad_request"
+    headers: Mapping[str, str] | None = None
 
     def __init__(self, detail: str, *, code: str | None = None, fields: list[dict[str, str]] | None = None):
         super().__init__(detail)
@@ -50,6 +52,7 @@ class InvalidInput(ApiError):
 
 class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(ApiError):
@@ -68,16 +71,25 @@ class UnsupportedMediaType(ApiError):
     status, code = 415, "unsupported_media_type"
 
 
-_SKIP = {"body", "batch", "single"}
+_UNION_TAGS = {"batch", "single"}  # the tags of POST /v1/events' one-or-batch body (schemas.EventsBody)
 
 
 def field_path(loc: Sequence[Any]) -> str:
-    """``("body", "events", 3, "type")`` -> ``events[3].type``."""
+    """``("body", "batch", "events", 3, "type")`` -> ``events[3].type``.
+
+    Only the leading ``body`` and the union tag right after it are dropped: deeper down they are names
+    the client chose (a property called ``body``), and dropping them would point at the wrong field.
+    """
+    parts = list(loc)
+    if parts[:1] == ["body"]:
+        parts = parts[1:]
+        if parts[:1] and parts[0] in _UNION_TAGS:
+            parts = parts[1:]
     out = ""
-    for part in loc:
+    for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part not in _SKIP:
+        elif part != "[key]":  # pydantic's marker for "the key, not its value": the path already names it
             out += f".{part}" if out else str(part)
     return out or "body"
 
@@ -87,9 +99,12 @@ def invalid_input(errors: Iterable[Any]) -> InvalidInput:
     for error in errors:
         message = str(error["msg"]).removeprefix("Value error, ")
         if error.get("type") == "json_invalid":
+            # FastAPI's message is a bare "JSON decode error"; the decoder's own says what and where.
+            reason = str(error.get("ctx", {}).get("error") or message.removeprefix("Invalid JSON: "))
+            loc = tuple(error.get("loc", ()))
+            where = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
             raise InvalidInput(
-                f"the body is not valid JSON ({message.removeprefix('Invalid JSON: ')}); send a JSON object",
-                code="invalid_json",
+                f"the body is not valid JSON ({reason}{where}); send a JSON object", code="invalid_json"
             )
         fields.append({"field": field_path(error["loc"]), "problem": message})
     summary = "; ".join(f"{f['field']}: {f['problem']}" for f in fields[:5])
@@ -98,12 +113,21 @@ def invalid_input(errors: Iterable[Any]) -> InvalidInput:
 
 
 def _body(
-    status: int, code: str, detail: str, fields: list[dict[str, str]] | None = None, **headers: str
+    status: int,
+    code: str,
+    detail: str,
+    fields: list[dict[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     content: dict[str, Any] = {"error": code, "detail": detail}
     if fields is not None:
         content["fields"] = fields
-    return JSONResponse(content, status_code=status, headers=headers or None)
+    return JSONResponse(content, status_code=status, headers=headers)
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the error answers a route can give."""
+    return {status: {"model": ErrorBody} for status in statuses}
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
@@ -112,7 +136,7 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
 def install(app: FastAPI, *, retry_after_s: int) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return _body(exc.status, exc.code, exc.detail, exc.fields)
+        return _body(exc.status, exc.code, exc.detail, exc.fields, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -133,7 +157,7 @@ def install(app: FastAPI, *, retry_after_s: int) -> None:
             503,
             "store_unavailable",
             f"the profile store is unavailable; nothing was applied, retry after {retry_after_s}s",
-            **{"Retry-After": str(retry_after_s)},
+            headers={"Retry-After": str(retry_after_s)},
         )
 
     @app.exception_handler(IdentityConflict)
@@ -146,12 +170,17 @@ def install(app: FastAPI, *, retry_after_s: int) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         detail = str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = "no such endpoint; see /docs for the API"
-        return _body(exc.status_code, code, detail, **(exc.headers or {}))
+        elif exc.status_code == 405 and detail == "Method Not Allowed":
+            allowed = (exc.headers or {}).get("Allow", "")
+            detail = (
+                f"{request.method} is not allowed on {request.url.path}; use {allowed or 'another method'}"
+            )
+        return _body(exc.status_code, code, detail, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -33,13 +34,13 @@ MAX_LIST = 32
 MAX_TEXT = 1024
 
 
-def _printable(value: str) -> str:
+def printable(value: str) -> str:
     if not value.isprintable():
         raise ValueError("must contain printable characters only (no control characters or line breaks)")
     return value
 
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_printable)]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(printable)]
 
 
 def _scalar(value: Any) -> bool:
@@ -77,8 +78,13 @@ PropertyName = Annotated[
 EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.]{0,63}$")]
 
 
+# A date, then a time. pydantic alone would also read "1700000000" as Unix seconds (and a longer one as
+# milliseconds): a numeric timestamp in quotes, which RFC 3339 is not and whose unit is a guess.
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
 def _rfc3339(value: Any) -> Any:
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not _DATE_TIME.match(value):
         raise ValueError("must be an RFC 3339 string with a time zone, e.g. 2026-11-22T10:00:00Z")
     return value
 

@@ -24,7 +24,11 @@ class Scope(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NBA_", env_file=".env", extra="ignore")
+    # Errors name the setting, never echo its value: NBA_API_KEYS holds secrets, and `nba serve` prints
+    # the error to stderr (logs).
+    model_config = SettingsConfigDict(
+        env_prefix="NBA_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     redis_url: str | None = Field(
         None, description="Redis to use, e.g. redis://host:6379/0. Unset: a private redis-server in data_dir."
@@ -53,12 +57,18 @@ class Settings(BaseSettings):
     def _parse_keys(cls, value: object) -> object:
         if not isinstance(value, str):
             return value
-        keys: dict[str, str] = {}
-        for pair in filter(None, (part.strip() for part in value.split(","))):
+        # Problems are told by the entry's position: any part of an entry may be (part of) a secret.
+        keys: dict[str, Scope] = {}
+        for number, pair in enumerate(filter(None, (part.strip() for part in value.split(","))), 1):
             key, sep, scope = pair.rpartition(":")
-            if not sep or not key:
-                raise ValueError(f"NBA_API_KEYS entries are key:scope, got {pair[:4]}…")
-            keys[key] = scope
+            if not sep or not key.strip():
+                raise ValueError(f"NBA_API_KEYS entry {number} is not key:scope, e.g. 'a-long-secret:admin'")
+            try:
+                keys[key.strip()] = Scope(scope.strip())
+            except ValueError:
+                raise ValueError(
+                    f"NBA_API_KEYS entry {number} has an unknown scope; scopes are {', '.join(Scope)}"
+                ) from None
         return keys
 
     def listens_on_loopback(self) -> bool:

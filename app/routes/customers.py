@@ -4,21 +4,23 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator
 
 from app.auth import require
+from app.errors import documented
 from app.routes.deps import ServicesDep
-from app.schemas import ErrorBody, ProfileOut
+from app.schemas import ProfileOut, printable
 from app.settings import Scope
 from feature_store import IdKind
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], dependencies=[Depends(require(Scope.ADMIN))])
-CustomerId = Annotated[str, Path(min_length=1, max_length=128)]
+CustomerId = Annotated[str, Path(min_length=1, max_length=128), AfterValidator(printable)]
 IdType = Annotated[
     Literal["customer", "anonymous"],
     Query(description="What the id is; an anonymous id that was linked leads to its customer."),
 ]
 _KINDS = {"customer": IdKind.CUSTOMER, "anonymous": IdKind.ANONYMOUS}
-_ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 503)}
+_ERRORS = documented(401, 403, 404, 503)
 
 
 @router.get("/{customer_id}", response_model=ProfileOut, responses=_ERRORS, summary="The live profile")

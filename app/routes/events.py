@@ -3,12 +3,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.auth import require
+from app.errors import documented
 from app.routes.deps import ServicesDep
-from app.schemas import ErrorBody, EventsAccepted, EventsBody, IdentityIn, IdentityLinked
+from app.schemas import EventsAccepted, EventsBody, IdentityIn, IdentityLinked
 from app.settings import Scope
 
 router = APIRouter(prefix="/v1", tags=["events"])
-_ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 413, 415, 422, 503)}
+_ERRORS = documented(401, 403, 413, 415, 422, 503)
 
 
 @router.post(
@@ -26,7 +27,7 @@ async def post_events(body: EventsBody, services: ServicesDep) -> EventsAccepted
 @router.post(
     "/identities",
     dependencies=[Depends(require(Scope.SERVER))],
-    responses={**_ERRORS, 409: {"model": ErrorBody}},
+    responses={**_ERRORS, **documented(409)},
     summary="Link an anonymous visitor to a known customer",
 )
 async def post_identities(body: IdentityIn, services: ServicesDep) -> IdentityLinked:
