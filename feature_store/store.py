@@ -85,8 +85,11 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def _scored(flat: Sequence[str]) -> tuple[tuple[str, float], ...]:
-    return tuple((m, float(s)) for m, s in zip(flat[::2], flat[1::2], strict=True))
+def _scored(reply: Sequence[Any]) -> tuple[tuple[str, float], ...]:
+    """A sorted set read WITHSCORES: a flat [member, score, ...] from a script, or pairs from the client."""
+    if reply and isinstance(reply[0], list | tuple):
+        return tuple((str(m), float(s)) for m, s in reply)
+    return tuple((m, float(s)) for m, s in zip(reply[::2], reply[1::2], strict=True))
 
 
 @dataclass(slots=True)
@@ -262,17 +265,17 @@ class ProfileStore:
                 try:
                     await pipe.watch(*known_keys.data_keys())
                     if await pipe.sismember(known_keys.aliases, anonymous_id):
-                        await pipe.unwatch()
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return False
                     known = RawProfile(
-                        profile=await pipe.hgetall(known_keys.profile),
-                        windows=await pipe.hgetall(known_keys.windows),
-                        cart=await pipe.hgetall(known_keys.cart),
-                        recent=tuple(await pipe.zrange(known_keys.recent, 0, -1, withscores=True)),
-                        dedupe=tuple(await pipe.zrange(known_keys.dedupe, 0, -1, withscores=True)),
+                        profile=await pipe.hgetall(known_keys.profile),  # type: ignore[arg-type]
+                        windows=await pipe.hgetall(known_keys.windows),  # type: ignore[arg-type]
+                        cart=await pipe.hgetall(known_keys.cart),  # type: ignore[arg-type]
+                        recent=_scored(await pipe.zrange(known_keys.recent, 0, -1, withscores=True)),
+                        dedupe=_scored(await pipe.zrange(known_keys.dedupe, 0, -1, withscores=True)),
                     )
                     result = merge(known, anon) if anon.exists else known
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]
                     self._write(pipe, known_keys, result, anonymous_id)
                     await pipe.execute()
                     return anon.exists
@@ -307,8 +310,8 @@ class ProfileStore:
         profile_keys = ProfileKeys(kind, profile_id)
         async with _translated():
             if kind is IdKind.ANONYMOUS and (linked := await self._redis.get(profile_keys.alias)):
-                profile_keys = keys.customer(linked)
-            aliases = await self._redis.smembers(profile_keys.aliases)
+                profile_keys = keys.customer(str(linked))
+            aliases: set[str] = await self._redis.smembers(profile_keys.aliases)  # type: ignore[assignment]
             existed = bool(await self._redis.exists(*profile_keys.data_keys(), profile_keys.alias))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for anonymous_id in aliases:
@@ -321,20 +324,15 @@ class ProfileStore:
     async def _apply(self, calls: list[_Call], *, read: bool) -> list[tuple[ProfileKeys, Any]]:
         """Run ``apply.lua`` for every call in one pipelined round trip; re-send on NOSCRIPT."""
         config = self._config
-        head = [
-            self.now_ms(),
-            config.profile_ttl_ms,
-            config.dedupe_window_ms,
-            WINDOW_SPEC,
-            "1" if read else "0",
-        ]
-        packed = []
+        head = [str(self.now_ms()), str(config.profile_ttl_ms), str(config.dedupe_window_ms), WINDOW_SPEC]
+        head.append("1" if read else "0")
+        packed: list[tuple[int, list[str]]] = []
         for call in calls:
             call_keys = [k for profile_keys in call.targets for k in profile_keys.script_keys()]
-            args = head + [
+            batches = [
                 json.dumps([prepare(e) for e in batch], separators=(",", ":")) for batch in call.batches
             ]
-            packed.append((call_keys, args))
+            packed.append((len(call_keys), [*call_keys, *head, *batches]))
         results: list[Any] = [None] * len(packed)
         pending = list(range(len(packed)))
         async with _translated():
@@ -343,8 +341,8 @@ class ProfileStore:
                     self._apply_sha = await self._redis.script_load(self._apply_src)
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for i in pending:
-                        call_keys, args = packed[i]
-                        pipe.evalsha(self._apply_sha, len(call_keys), *call_keys, *args)
+                        numkeys, keys_and_args = packed[i]
+                        pipe.evalsha(self._apply_sha, numkeys, *keys_and_args)
                     replies = await pipe.execute(raise_on_error=False)
                 missing = []
                 for i, reply in zip(pending, replies, strict=True):
@@ -361,7 +359,7 @@ class ProfileStore:
                 pending = missing
             else:
                 raise StoreUnavailable("the profile store keeps losing its scripts")
-        out = []
+        out: list[tuple[ProfileKeys, Any]] = []
         for call, reply in zip(calls, results, strict=True):
             out.extend(zip(call.targets, reply, strict=True))
         return out
