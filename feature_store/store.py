@@ -92,6 +92,19 @@ def _scored(reply: Sequence[Any]) -> tuple[tuple[str, float], ...]:
     return tuple((m, float(s)) for m, s in zip(reply[::2], reply[1::2], strict=True))
 
 
+def _raw(
+    profile: Sequence[str],
+    windows: Sequence[str],
+    cart: Sequence[str],
+    recent: Sequence[str],
+    *,
+    dedupe: tuple[tuple[str, float], ...] = (),
+    aliases: frozenset[str] = frozenset(),
+) -> RawProfile:
+    """A profile from a script's reply: the hashes as flat [field, value, ...] lists."""
+    return RawProfile(_pairs(profile), _pairs(windows), _pairs(cart), _scored(recent), dedupe, aliases)
+
+
 @dataclass(slots=True)
 class _Call:
     targets: list[ProfileKeys]
@@ -217,13 +230,7 @@ class ProfileStore:
         if result[0] == "redirect":
             profile_keys = keys.customer(result[1])
             [(_, result)] = await self._apply([_Call([profile_keys], [[]])], read=True)
-        raw = RawProfile(
-            profile=_pairs(result[3]),
-            windows=_pairs(result[4]),
-            cart=_pairs(result[5]),
-            recent=_scored(result[6]),
-            aliases=frozenset(result[7]),
-        )
+        raw = _raw(*result[3:7], aliases=frozenset(result[7]))
         if not raw.exists:
             return None
         kind_name = "customer" if profile_keys.kind is IdKind.CUSTOMER else "anonymous"
@@ -248,13 +255,7 @@ class ProfileStore:
             )
             if taken[0] == "conflict":
                 raise IdentityConflict(anonymous_id, taken[1])
-            anon = RawProfile(
-                profile=_pairs(taken[1]),
-                windows=_pairs(taken[2]),
-                cart=_pairs(taken[3]),
-                recent=_scored(taken[4]),
-                dedupe=_scored(taken[5]),
-            )
+            anon = _raw(*taken[1:5], dedupe=_scored(taken[5]))
             merged = await self._merge_into(known_keys, anonymous_id, anon)
             await self._redis.delete(*anon_keys.data_keys())
         return merged
