@@ -42,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     embedded = None
     if settings.redis_url is None:
         try:
-            embedded = EmbeddedRedis(settings.data_dir).start()
+            embedded = EmbeddedRedis(settings.data_dir, fsync=settings.embedded_fsync).start()
         except EmbeddedRedisError as exc:
             print(f"nba serve: {exc}", file=sys.stderr)
             return 2
@@ -73,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1; others need NBA_API_KEYS)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
-    serve.add_argument("--policies", type=Path, help="catalogue folder (default: the shipped one)")
+    serve.add_argument(
+        "--policies", type=Path, help="catalogue folder, read by decisioning (not in this release yet)"
+    )
     serve.add_argument("--data-dir", type=Path, help="embedded Redis data folder (default ./nba-data)")
     args = parser.parse_args(argv)
     if args.command == "serve":

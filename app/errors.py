@@ -156,7 +156,8 @@ def install(app: FastAPI, *, retry_after_s: int) -> None:
         return _body(
             503,
             "store_unavailable",
-            f"the profile store is unavailable; nothing was applied, retry after {retry_after_s}s",
+            f"the profile store is unavailable, so nothing was acknowledged; retry after {retry_after_s}s "
+            "(a write whose reply was lost may have been applied: with event_id set, a retry is safe)",
             headers={"Retry-After": str(retry_after_s)},
         )
 

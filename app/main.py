@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -40,7 +39,9 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         async with AsyncExitStack() as stack:
             url = settings.redis_url
             if url is None:
-                embedded = await asyncio.to_thread(EmbeddedRedis(settings.data_dir).start)
+                # Started on the loop's own thread (a blocking moment before any request): the server is
+                # told to die with the thread that started it, and a pool thread may come and go.
+                embedded = EmbeddedRedis(settings.data_dir, fsync=settings.embedded_fsync).start()
                 stack.callback(embedded.stop)
                 url = embedded.url
                 log.info("embedded_redis_started", data_dir=str(embedded.data_dir))

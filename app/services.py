@@ -25,10 +25,10 @@ def store_config(settings: Settings) -> StoreConfig:
 
 
 def _unknown(profile_id: str, id_type: IdKind) -> str:
-    other = "anonymous" if id_type is IdKind.CUSTOMER else "customer"
+    kind, other = ("customer", "anonymous") if id_type is IdKind.CUSTOMER else ("anonymous", "customer")
     return (
-        f"no profile for {id_type.name.lower()} id {profile_id!r}; it was never seen, was erased, or is "
-        f"an {other} id (add ?id_type={other})"
+        f"no profile for {kind} id {profile_id!r}; it was never seen, was erased, or is "
+        f"{'an' if other == 'anonymous' else 'a'} {other} id (add ?id_type={other})"
     )
 
 

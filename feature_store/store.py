@@ -243,7 +243,7 @@ class ProfileStore:
 
         Returns whether anything was merged by this call (``False`` on a repeat). Three steps, each
         atomic and each safe to repeat: point the alias at the customer and read the visitor's profile;
-        merge it into the customer's unless the customer already lists the visitor; delete the
+        merge it into the customer's (unless this is a repeat the customer already took in); delete the
         visitor's data. A link interrupted between steps completes when it is retried.
 
         Raises :class:`IdentityConflict` when the visitor is already linked to another customer.
@@ -255,17 +255,22 @@ class ProfileStore:
             )
             if taken[0] == "conflict":
                 raise IdentityConflict(anonymous_id, taken[1])
-            anon = _raw(*taken[1:5], dedupe=_scored(taken[5]))
-            merged = await self._merge_into(known_keys, anonymous_id, anon)
+            anon = _raw(*taken[2:6], dedupe=_scored(taken[6]))
+            merged = await self._merge_into(known_keys, anonymous_id, anon, fresh=taken[1] == 1)
             await self._redis.delete(*anon_keys.data_keys())
         return merged
 
-    async def _merge_into(self, known_keys: ProfileKeys, anonymous_id: str, anon: RawProfile) -> bool:
+    async def _merge_into(
+        self, known_keys: ProfileKeys, anonymous_id: str, anon: RawProfile, *, fresh: bool
+    ) -> bool:
+        """Merge unless this link was made before and the customer already lists the visitor (a repeat,
+        or the retry of a link interrupted after its merge). A fresh link always merges: the customer
+        may list the visitor from a link that has since expired, while the visitor's data is new."""
         async with self._redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     await pipe.watch(*known_keys.data_keys())
-                    if await pipe.sismember(known_keys.aliases, anonymous_id):
+                    if not fresh and await pipe.sismember(known_keys.aliases, anonymous_id):
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return False
                     known = RawProfile(

@@ -61,16 +61,6 @@ local function parse_item(raw)
   return tonumber(q), price, tonumber(changed)
 end
 
-local function cart_value(cart)
-  local total = 0
-  local flat = redis.call("HGETALL", cart)
-  for i = 1, #flat, 2 do
-    local q, price = parse_item(flat[i + 1])
-    total = total + q * (tonumber(price) or 0)
-  end
-  return total
-end
-
 local function apply_cart(p, cart, ev)
   local cleared = tonumber(redis.call("HGET", p, "cart_cleared")) or -1
   -- A change older than the purchase that emptied the cart was part of that purchase.
@@ -99,30 +89,30 @@ local function apply_cart(p, cart, ev)
   set_max(p, "cart_changed", ev.t)
 end
 
+-- The purchased lines leave the cart: those named, or all of them; lines changed after the purchase stay.
+-- Without a revenue, the value of the lines that left is the revenue.
 local function apply_purchase(p, cart, ev)
-  local revenue = ev.rev
-  if not revenue then
-    revenue = tostring(cart_value(cart))
+  local bought = 0
+  local function take(item, raw)
+    local q, price, changed = parse_item(raw)
+    if changed <= ev.t then
+      redis.call("HDEL", cart, item)
+      bought = bought + q * (tonumber(price) or 0)
+    end
   end
-  redis.call("HINCRBY", p, "orders", 1)
-  redis.call("HINCRBYFLOAT", p, "revenue", revenue)
-  set_min(p, "first_purchase", ev.t)
   if ev.items then
     for _, item in ipairs(ev.items) do
       local raw = redis.call("HGET", cart, item)
-      if raw then
-        local _, _, changed = parse_item(raw)
-        if changed <= ev.t then redis.call("HDEL", cart, item) end
-      end
+      if raw then take(item, raw) end
     end
   else
     local flat = redis.call("HGETALL", cart)
-    for i = 1, #flat, 2 do
-      local _, _, changed = parse_item(flat[i + 1])
-      if changed <= ev.t then redis.call("HDEL", cart, flat[i]) end
-    end
+    for i = 1, #flat, 2 do take(flat[i], flat[i + 1]) end
     set_max(p, "cart_cleared", ev.t)
   end
+  redis.call("HINCRBY", p, "orders", 1)
+  redis.call("HINCRBYFLOAT", p, "revenue", ev.rev or string.format("%.2f", bought))
+  set_min(p, "first_purchase", ev.t)
   set_max(p, "cart_changed", ev.t)
 end
 
@@ -152,6 +142,8 @@ local function apply(base, events_json)
     KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4], KEYS[base + 5], KEYS[base + 6], KEYS[base + 7]
   local linked = redis.call("GET", alias)
   if linked then
+    -- A link lives as long as it is used: renew it like any other key of the customer.
+    redis.call("PEXPIRE", alias, ttl)
     return {"redirect", linked}
   end
   local events = cjson.decode(events_json)

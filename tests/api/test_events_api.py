@@ -42,3 +42,13 @@ async def test_batch_with_duplicates(client: httpx.AsyncClient, clock: Clock) ->
     assert r.json() == {"accepted": 6, "duplicates": 0}
     r = await client.post("/v1/events", json={"events": events})
     assert r.json() == {"accepted": 0, "duplicates": 6}
+
+
+async def test_ids_with_slashes_can_be_read_and_erased(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/events", json={"customer_id": "shop/eu/42", "type": "page_view"})
+    assert r.status_code == 202
+    profile = await client.get("/v1/customers/shop/eu/42")
+    assert profile.status_code == 200
+    assert profile.json()["id"] == "shop/eu/42"
+    assert (await client.delete("/v1/customers/shop%2Feu%2F42")).status_code == 204
+    assert (await client.get("/v1/customers/shop/eu/42")).status_code == 404

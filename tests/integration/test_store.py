@@ -261,3 +261,52 @@ async def test_erase_removes_the_customer_and_every_linked_visitor(
     visitor = await store.profile("v-1", IdKind.ANONYMOUS)
     assert visitor is not None
     assert visitor.kind == "anonymous"
+
+
+async def test_a_link_is_renewed_by_use_and_a_relink_after_it_expired_merges_again(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    visitor = {"anonymous_id": "v-1", "customer_id": None}
+    await store.ingest([ev(clock, "page_view", **visitor)])
+    await store.link("v-1", "c-1")
+    alias = k.anonymous("v-1").alias
+    raw_redis.pexpire(alias, 1000)
+    await store.ingest([ev(clock, "page_view", **visitor)])
+    assert raw_redis.pttl(alias) > 10_000, "an event through the link renews it"
+
+    # The link expires (the visitor stayed away for the whole inactivity period) while the customer,
+    # still active, keeps listing the visitor. The visitor comes back, browses, and logs in again.
+    raw_redis.delete(alias)
+    await store.ingest([ev(clock, "product_view", **visitor), ev(clock, "product_view", **visitor)])
+    assert await store.link("v-1", "c-1") is True
+    assert (await counts(store, "product_view"))["total"] == 2
+    assert (await counts(store, "page_view"))["total"] == 2
+
+
+async def test_a_merge_does_not_bring_back_what_a_later_purchase_took(
+    store: ProfileStore, clock: Clock
+) -> None:
+    visitor = {"anonymous_id": "v-1", "customer_id": None}
+    await store.ingest([ev(clock, "add_to_cart", 60, props={"item_id": "old"}, **visitor)])
+    await store.ingest([ev(clock, "purchase", 30, props={"revenue": 5})])
+    await store.ingest([ev(clock, "add_to_cart", 10, props={"item_id": "new"}, **visitor)])
+    await store.link("v-1", "c-1")
+    profile = await store.profile("c-1")
+    assert profile is not None
+    assert [line.item_id for line in profile.cart.lines] == ["new"]
+
+
+async def test_a_partial_purchase_without_revenue_earns_the_value_of_what_was_bought(
+    store: ProfileStore, clock: Clock
+) -> None:
+    await store.ingest(
+        [
+            ev(clock, "add_to_cart", 20, props={"item_id": "a", "price": 10.0, "quantity": 2}),
+            ev(clock, "add_to_cart", 20, props={"item_id": "b", "price": 5.0}),
+            ev(clock, "purchase", 10, props={"item_ids": ["a"]}),
+        ]
+    )
+    profile = await store.profile("c-1")
+    assert profile is not None
+    assert profile.revenue == 20.0
+    assert profile.cart.value == 5.0
