@@ -2,6 +2,10 @@
 
 ``nba serve`` runs the API. With no ``NBA_REDIS_URL`` it first starts a private redis-server with
 persistence in the data folder and hands its address to every worker; on exit it stops it.
+
+``nba check [PATH]`` checks a catalogue folder (by default the shipped one) as the service would load
+it, and prints every problem, one per line: ``file: where: problem``. Exit status 0 when it is valid,
+1 when it is not.
 """
 
 from __future__ import annotations
@@ -66,6 +70,23 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from feature_store.features import feature_names
+    from policies.catalogue import CatalogueInvalid, default_path, load
+
+    try:
+        catalogue = load(args.path or default_path(), feature_names())
+    except CatalogueInvalid as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    print(
+        f"ok: {len(catalogue.placements)} placements, {len(catalogue.actions)} actions, "
+        f"version {catalogue.version}"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nba", description="Real-time next-best-action decisioning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,9 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--policies", type=Path, help="catalogue folder, read by decisioning (not in this release yet)"
     )
     serve.add_argument("--data-dir", type=Path, help="embedded Redis data folder (default ./nba-data)")
+    check = sub.add_parser("check", help="check a catalogue folder and list every problem")
+    check.add_argument(
+        "path", nargs="?", type=Path, help="catalogue folder or file (default: the shipped catalogue)"
+    )
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "check":
+        return _check(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

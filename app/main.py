@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -13,12 +14,14 @@ from fastapi import FastAPI
 from app import errors
 from app import logging as app_logging
 from app.auth import KeyRing
+from app.catalogues import Catalogues
 from app.limits import BodyLimits
-from app.routes import customers, events, health
+from app.routes import admin, customers, decisions, events, health
 from app.services import Services, store_config
 from app.settings import Settings
 from feature_store import ProfileStore, StoreUnavailable
 from feature_store.embedded import EmbeddedRedis
+from policies.catalogue import CatalogueInvalid, default_path
 
 log = structlog.get_logger("nba")
 
@@ -33,6 +36,12 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
     if (reason := settings.refuse_reason()) is not None:
         raise SystemExit(reason)
     app_logging.configure(settings.log_format)
+    try:
+        catalogues = Catalogues(settings.policies)
+    except CatalogueInvalid as exc:
+        raise SystemExit(
+            f"the catalogue at {settings.policies or default_path()} is invalid:\n{exc}"
+        ) from exc
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
@@ -53,13 +62,16 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
                 max_connections=settings.store_max_connections,
             )
             stack.push_async_callback(store.aclose)
-            services = Services(settings, store, KeyRing(settings.api_keys), clock)
+            services = Services(settings, store, KeyRing(settings.api_keys), catalogues, clock)
             try:
                 await store.load_scripts()
             except StoreUnavailable as exc:  # the store may come later; /readyz tells
                 log.warning("store_not_ready_at_start", error=str(exc))
-            log.info("service_started", open=services.keys.open)
-            yield {"services": services}
+            log.info("service_started", open=services.keys.open, catalogue=catalogues.live.version)
+            async with asyncio.TaskGroup() as background:
+                watcher = background.create_task(catalogues.watch(store, settings.catalogue_watch_s))
+                yield {"services": services}
+                watcher.cancel()
 
     app = FastAPI(
         title="nba: next-best-action decisioning",
@@ -69,6 +81,6 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
     )
     errors.install(app, retry_after_s=settings.retry_after_s)
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes)
-    for module in (events, customers, health):
+    for module in (events, decisions, customers, admin, health):
         app.include_router(module.router)
     return app

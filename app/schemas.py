@@ -273,3 +273,123 @@ class ProfileOut(BaseModel):
             },
             "attributes": dict(p.attributes),
         }
+
+
+Context = Annotated[dict[PropertyName, PropertyValue], Field(max_length=MAX_PROPERTIES)]
+
+
+class DecideEventIn(_Strict):
+    """The event that prompted the decision; it belongs to the decision's customer."""
+
+    event_id: Id | None = None
+    type: EventType
+    timestamp: Timestamp | None = None
+    properties: Annotated[dict[PropertyName, PropertyValue], Field(max_length=MAX_PROPERTIES)] = Field(
+        default_factory=dict
+    )
+
+    @field_validator("properties")
+    @classmethod
+    def _fits_type(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        event_type = info.data.get("type")
+        if event_type is not None:
+            effect(event_type, value)
+        return value
+
+
+class DecideIn(_Strict):
+    customer_id: Id | None = None
+    anonymous_id: Id | None = None
+    placement: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    event: DecideEventIn | None = None
+    context: Context = Field(
+        default_factory=dict, description="What the models and rules see beside the profile."
+    )
+    limit: int | None = Field(
+        None, ge=1, le=10, description="How many actions at most; default: the placement's."
+    )
+    explain: bool = False
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "c-42",
+                    "placement": "web.product_page",
+                    "event": {"type": "product_view", "properties": {"item_id": "sku-1", "price": 19.9}},
+                    "context": {"device": "mobile", "hour": 14, "referrer": "newsletter"},
+                }
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _has_an_id(self) -> DecideIn:
+        if self.customer_id is None and self.anonymous_id is None:
+            raise ValueError("one of customer_id or anonymous_id is required")
+        return self
+
+
+class ActionOut(BaseModel):
+    action_id: str
+    channel: str
+    probability: float = Field(description="The exact probability with which this action was chosen.")
+    score: float = Field(description="Its priority: propensity x context weight x value x levers.")
+    payload: dict[str, Any]
+
+
+class VerdictOut(BaseModel):
+    action_id: str
+    status: Literal["chosen", "not_chosen", "ineligible", "no_consent", "capped", "suppressed", "holdout"]
+    reason: str
+    probability: float | None = None
+    propensity: float | None = None
+    score: float | None = None
+
+
+class DecideOut(BaseModel):
+    decision_id: str
+    customer_id: str | None
+    anonymous_id: str | None = None
+    placement: str
+    group: Literal["treatment", "control"] | None = Field(description="None only on a fallback.")
+    fallback: bool
+    actions: list[ActionOut]
+    policy_version: str
+    model_version: str
+    event: EventsAccepted | None = Field(None, description="What became of the event sent with the call.")
+    explanation: list[VerdictOut] | None = None
+
+
+class OutcomeIn(_Strict):
+    decision_id: Id
+    action_id: Id
+    type: Literal["impression", "click", "dismiss", "conversion"]
+    value: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    timestamp: Timestamp | None = None
+
+
+class OutcomeBatchIn(_Strict):
+    outcomes: Annotated[list[OutcomeIn], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+def _single_or_outcomes(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "outcomes" in value else "single"
+
+
+OutcomesBody = Annotated[
+    Annotated[OutcomeBatchIn, Tag("batch")] | Annotated[OutcomeIn, Tag("single")],
+    Discriminator(_single_or_outcomes),
+]
+
+
+class OutcomeError(BaseModel):
+    index: int
+    error: str
+    detail: str
+
+
+class OutcomesAccepted(BaseModel):
+    accepted: int
+    duplicates: int
+    errors: list[OutcomeError] = Field(default_factory=list, description="In a batch: the items not taken.")

@@ -2,16 +2,45 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from app.auth import KeyRing
+from app.catalogues import Catalogues
 from app.errors import InvalidInput, NotFound
-from app.schemas import EventBatchIn, EventIn, EventsAccepted, IdentityIn, IdentityLinked, ProfileOut
+from app.schemas import (
+    DecideEventIn,
+    DecideIn,
+    EventBatchIn,
+    EventIn,
+    EventsAccepted,
+    IdentityIn,
+    IdentityLinked,
+    OutcomeBatchIn,
+    OutcomeError,
+    OutcomeIn,
+    OutcomesAccepted,
+    ProfileOut,
+)
 from app.settings import Settings
-from feature_store import Event, IdKind, ProfileStore, StageRules, StoreConfig
+from feature_store import Event, IdKind, ProfileStore, StageRules, StoreConfig, StoreUnavailable
+from feature_store import keys as store_keys
+from feature_store.features import NEVER, features
+from feature_store.profile import ContactRecord
+from feature_store.store import DecisionRecord, Ingested
+from models.prior import PriorScorer
+from policies import funnel
+from policies.funnel import Choice, Decision, Scorer, Situation
+
+log = structlog.get_logger("nba.decisions")
 
 Clock = Callable[[], float]
 
@@ -21,7 +50,40 @@ def store_config(settings: Settings) -> StoreConfig:
         profile_ttl_ms=settings.profile_ttl_days * 86_400_000,
         dedupe_window_ms=settings.dedupe_window_hours * 3_600_000,
         stage_rules=StageRules(),
+        decision_ttl_ms=settings.decision_ttl_hours * 3_600_000,
+        log_max=settings.decision_log_max,
     )
+
+
+def new_decision_id(now_ms: int) -> str:
+    """Time-ordered and unique: ``d-`` + 12 hex digits of milliseconds + 16 random hex digits."""
+    return f"d-{now_ms:012x}{os.urandom(8).hex()}"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=sorted)
+
+
+def _logged_features(values: Mapping[str, Any]) -> dict[str, Any]:
+    """What the policy saw, without the zeros and never-happened defaults that most features hold."""
+    return {
+        k: v
+        for k, v in values.items()
+        if v not in (0, 0.0, NEVER, False, "", frozenset(), {}) or k == "stage"
+    }
+
+
+def _actions(choices: tuple[Choice, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "action_id": c.action_id,
+            "channel": c.channel,
+            "probability": round(c.probability, 6),
+            "score": round(c.priority, 6),
+            "payload": dict(c.payload),
+        }
+        for c in choices
+    ]
 
 
 def _unknown(profile_id: str, id_type: IdKind) -> str:
@@ -37,7 +99,9 @@ class Services:
     settings: Settings
     store: ProfileStore
     keys: KeyRing
+    catalogues: Catalogues
     clock: Clock = time.time
+    scorer: Scorer = field(default_factory=PriorScorer)
 
     def _events(self, body: EventIn | EventBatchIn) -> list[Event]:
         items = body.events if isinstance(body, EventBatchIn) else [body]
@@ -92,3 +156,232 @@ class Services:
 
     async def ready(self) -> None:
         await self.store.ping()
+
+    def _decide_event(self, body: DecideIn, event: DecideEventIn) -> Event:
+        as_event = EventIn(
+            customer_id=body.customer_id,
+            anonymous_id=body.anonymous_id,
+            **event.model_dump(exclude_unset=True),
+        )
+        try:
+            return self._events(as_event)[0]
+        except InvalidInput as exc:
+            for problem in exc.fields or []:
+                problem["field"] = f"event.{problem['field']}"
+            raise
+
+    async def decide(self, body: DecideIn) -> dict[str, Any]:
+        """Choose what to show; within the decision budget, or the placement's fallback, flagged."""
+        started = time.perf_counter()
+        catalogue = self.catalogues.live
+        if body.placement not in catalogue.placements:
+            known = ", ".join(sorted(catalogue.placements))
+            raise InvalidInput(
+                f"unknown placement {body.placement!r}; the catalogue has: {known}",
+                code="unknown_placement",
+                fields=[{"field": "placement", "problem": f"not in catalogue {catalogue.version}"}],
+            )
+        profile_keys = (
+            store_keys.customer(body.customer_id)
+            if body.customer_id is not None
+            else store_keys.anonymous(str(body.anonymous_id))
+        )
+        events = [self._decide_event(body, body.event)] if body.event is not None else []
+        now_ms = int(self.clock() * 1000)
+        decision_id = new_decision_id(now_ms)
+        ingested: Ingested | None = None
+        decision: Decision | None = None
+        try:
+            async with asyncio.timeout(self.settings.decision_budget_ms / 1000):
+                read = await self.store.apply_and_read(profile_keys, events)
+                ingested = read.ingested
+                profile = read.profile
+                situation = Situation(
+                    customer=read.keys.ref,
+                    features=features(profile, now_ms),
+                    context=body.context,
+                    contacts=profile.contacts if profile else (),
+                    now_ms=now_ms,
+                    group=profile.group if profile else None,
+                    held_out=profile.held_out if profile else {},
+                )
+                decision = funnel.decide(
+                    catalogue,
+                    body.placement,
+                    situation,
+                    self.scorer,
+                    random.Random(decision_id),
+                    limit=body.limit,
+                )
+                latency_ms = (time.perf_counter() - started) * 1000
+                await self.store.record_decision(
+                    self._record(
+                        decision_id, read.keys, body, decision, situation, catalogue.version, latency_ms
+                    )
+                )
+        except (StoreUnavailable, TimeoutError) as exc:
+            reason = "budget" if isinstance(exc, TimeoutError) else "store"
+            log.warning("decision_fallback", decision_id=decision_id, placement=body.placement, reason=reason)
+            served = funnel.fallback(catalogue, body.placement, limit=body.limit)
+            version, model = catalogue.version, self.scorer.version
+            return self._answer(body, decision_id, None, served, version, model, ingested, fallback=True)
+        log.info(
+            "decision",
+            decision_id=decision_id,
+            placement=body.placement,
+            group=decision.group,
+            actions=[c.action_id for c in decision.chosen],
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        version, model = catalogue.version, decision.model_version
+        return self._answer(
+            body, decision_id, decision, decision.chosen, version, model, ingested, fallback=False
+        )
+
+    def _record(
+        self,
+        decision_id: str,
+        profile_keys: store_keys.ProfileKeys,
+        body: DecideIn,
+        decision: Decision,
+        situation: Situation,
+        catalogue_version: str,
+        latency_ms: float,
+    ) -> DecisionRecord:
+        now_ms = situation.now_ms
+        served = tuple(
+            ContactRecord(now_ms, decision_id, c.action_id, c.channel, "served") for c in decision.chosen
+        )
+        chosen = [
+            {"action_id": c.action_id, "channel": c.channel, "probability": c.probability}
+            for c in decision.chosen
+        ]
+        counterfactual = [
+            {"action_id": c.action_id, "channel": c.channel, "probability": c.probability}
+            for c in decision.counterfactual
+        ]
+        summary = {
+            "customer": profile_keys.ref,
+            "placement": body.placement,
+            "group": decision.group,
+            "time_ms": str(now_ms),
+            "actions": _json(chosen),
+            "counterfactual": _json(counterfactual),
+        }
+        entry = {
+            "decision_id": decision_id,
+            **summary,
+            "eligible": _json(decision.eligible),
+            "features": _json(_logged_features(situation.features)),
+            "context": _json(body.context),
+            "catalogue_version": catalogue_version,
+            "model_version": decision.model_version,
+            "latency_ms": f"{latency_ms:.3f}",
+        }
+        return DecisionRecord(
+            decision_id,
+            profile_keys,
+            served,
+            decision.assigned_group,
+            decision.assigned_holdouts,
+            summary,
+            entry,
+        )
+
+    def _answer(
+        self,
+        body: DecideIn,
+        decision_id: str,
+        decision: Decision | None,
+        chosen: tuple[Choice, ...],
+        catalogue_version: str,
+        model_version: str,
+        ingested: Ingested | None,
+        *,
+        fallback: bool,
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "decision_id": decision_id,
+            "customer_id": body.customer_id,
+            "anonymous_id": body.anonymous_id,
+            "placement": body.placement,
+            "group": decision.group if decision else None,
+            "fallback": fallback,
+            "actions": _actions(chosen),
+            "policy_version": catalogue_version,
+            "model_version": model_version,
+        }
+        if body.event is not None:
+            out["event"] = (
+                {"accepted": ingested.accepted, "duplicates": ingested.duplicates} if ingested else None
+            )
+        if body.explain:
+            out["explanation"] = (
+                [
+                    {
+                        "action_id": v.action_id,
+                        "status": v.status,
+                        "reason": v.reason,
+                        "probability": v.probability,
+                        "propensity": v.propensity,
+                        "score": v.priority,
+                    }
+                    for v in decision.verdicts
+                ]
+                if decision
+                else []
+            )
+        return out
+
+    async def outcome(self, item: OutcomeIn) -> bool:
+        """Record one outcome; ``False`` for a repeat. Raises NotFound or InvalidInput."""
+        summary = await self.store.decision(item.decision_id)
+        if summary is None:
+            raise NotFound(
+                f"no decision {item.decision_id!r}: unknown, or older than "
+                f"NBA_DECISION_TTL_HOURS ({self.settings.decision_ttl_hours}h)",
+                code="decision_not_found",
+            )
+        served = {a["action_id"]: a for a in json.loads(summary["actions"])}
+        served.update({a["action_id"]: a for a in json.loads(summary.get("counterfactual", "[]"))})
+        if item.action_id not in served:
+            raise InvalidInput(
+                f"action {item.action_id!r} was not part of decision {item.decision_id!r} "
+                f"(it served: {', '.join(served) or 'nothing'})",
+                code="action_not_in_decision",
+                fields=[{"field": "action_id", "problem": "not part of this decision"}],
+            )
+        now_ms = int(self.clock() * 1000)
+        time_ms = now_ms if item.timestamp is None else min(int(item.timestamp.timestamp() * 1000), now_ms)
+        kind = {"dismiss": "dismiss", "conversion": "conversion"}.get(item.type)
+        channel = str(served[item.action_id]["channel"])
+        contact = ContactRecord(time_ms, item.decision_id, item.action_id, channel, kind) if kind else None
+        entry = {
+            "decision_id": item.decision_id,
+            "action_id": item.action_id,
+            "type": item.type,
+            "value": repr(item.value),
+            "time_ms": str(time_ms),
+            "customer": summary["customer"],
+            "placement": summary["placement"],
+            "group": summary["group"],
+        }
+        return await self.store.record_outcome(
+            item.decision_id, f"{item.type}:{item.action_id}", contact, entry
+        )
+
+    async def outcomes(self, body: OutcomeIn | OutcomeBatchIn) -> OutcomesAccepted:
+        if isinstance(body, OutcomeIn):
+            new = await self.outcome(body)
+            return OutcomesAccepted(accepted=int(new), duplicates=int(not new))
+        accepted = duplicates = 0
+        errors = []
+        for index, item in enumerate(body.outcomes):
+            try:
+                new = await self.outcome(item)
+            except (NotFound, InvalidInput) as exc:
+                errors.append(OutcomeError(index=index, error=exc.code, detail=exc.detail))
+                continue
+            accepted += int(new)
+            duplicates += int(not new)
+        return OutcomesAccepted(accepted=accepted, duplicates=duplicates, errors=errors)

@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     store_timeout_ms: int = Field(500, ge=10, le=10_000)
     store_max_connections: int = Field(64, ge=1, le=10_000)
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After on 503s.")
+    decision_budget_ms: int = Field(50, ge=1, le=10_000, description="Beyond it, a decision falls back.")
+    decision_ttl_hours: int = Field(
+        168, ge=1, le=24 * 90, description="How long outcomes can be reported for a decision."
+    )
+    decision_log_max: int = Field(
+        1_000_000, ge=1000, description="Entries kept in the decision and outcome logs (approximately)."
+    )
+    catalogue_watch_s: float = Field(
+        1.0, gt=0, le=3600, description="How often a worker looks for a reload announced by another."
+    )
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
 
     @field_validator("api_keys", mode="before")

@@ -17,7 +17,23 @@ key                         type    holds                                       
                                                                                             the dedupe
                                                                                             window
 ``nba:{c:ID}:s``            set     anonymous ids merged into this customer                 inactivity
+``nba:{c:ID}:k``            zset    contacts: "decision|action|channel|kind" (served,       inactivity;
+                                    dismiss, conversion), scored by time (ms)               members
+                                                                                            pruned after
+                                                                                            90 days
 ``nba:{a:ID}:alias``        string  the customer id an anonymous id was linked to          inactivity
+==========================  ======  =====================================================  ==========
+
+Global keys (one each, or one per decision):
+
+==========================  ======  =====================================================  ==========
+``nba:decisions``           stream  the decision log: what each decision saw and chose      capped at
+                                                                                            NBA_DECISION
+                                                                                            _LOG_MAX
+``nba:outcomes``            stream  outcomes reported for decisions                         same cap
+``nba:dec:DECISION``        hash    who a decision was for and what it served, and the      NBA_DECISION
+                                    outcomes reported (for idempotency)                     _TTL_HOURS
+``nba:catalogue:gen``       string  bumped by a reload, so every worker reloads             never
 ==========================  ======  =====================================================  ==========
 
 ``{c:ID}`` is a known customer (``customer_id``), ``{a:ID}`` an anonymous visitor (``anonymous_id``):
@@ -27,7 +43,6 @@ renewed on every write.
 Ids are free text, so ``{``, ``}`` and ``%`` are percent-encoded before they go into a key: an id can
 neither break the hash tag nor make two customers' keys meet.
 
-There are no global keys yet; when there are, they are named at the bottom of this module.
 """
 
 from __future__ import annotations
@@ -89,13 +104,37 @@ class ProfileKeys:
     def aliases(self) -> str:
         return f"{self.tag}:s"
 
+    @property
+    def contacts(self) -> str:
+        return f"{self.tag}:k"
+
+    @property
+    def ref(self) -> str:
+        """The profile as one string, ``c:<id>`` or ``a:<id>`` (the form logs and decisions use)."""
+        return f"{self.kind.value}:{self.id}"
+
+    @classmethod
+    def parse(cls, ref: str) -> ProfileKeys:
+        kind, _, profile_id = ref.partition(":")
+        return cls(IdKind(kind), profile_id)
+
     def script_keys(self) -> list[str]:
         """KEYS for one customer in ``apply.lua``: the data keys, then the alias pointer."""
-        return [self.profile, self.windows, self.cart, self.recent, self.dedupe, self.aliases, self.alias]
+        return [*self.data_keys(), self.alias]
 
     def data_keys(self) -> list[str]:
         """Everything that holds this profile's data (not the alias pointer)."""
-        return [self.profile, self.windows, self.cart, self.recent, self.dedupe, self.aliases]
+        return [self.profile, self.windows, self.cart, self.recent, self.dedupe, self.aliases, self.contacts]
+
+
+KEYS_PER_PROFILE: Final = 8
+DECISION_LOG: Final = f"{PREFIX}:decisions"
+OUTCOME_LOG: Final = f"{PREFIX}:outcomes"
+CATALOGUE_GENERATION: Final = f"{PREFIX}:catalogue:gen"
+
+
+def decision(decision_id: str) -> str:
+    return f"{PREFIX}:dec:{decision_id}"
 
 
 def customer(customer_id: str) -> ProfileKeys:

@@ -77,6 +77,7 @@ class RawProfile:
     recent: tuple[tuple[str, float], ...] = ()
     dedupe: tuple[tuple[str, float], ...] = ()
     aliases: frozenset[str] = frozenset()
+    contacts: tuple[tuple[str, float], ...] = ()
 
     @property
     def exists(self) -> bool:
@@ -126,6 +127,25 @@ class Consent:
 
 
 @dataclass(frozen=True, slots=True)
+class ContactRecord:
+    """An action served to the customer, or dismissed or converted on: what contact policies count."""
+
+    time_ms: int
+    decision_id: str
+    action_id: str
+    channel: str
+    kind: str  # "served", "dismiss" or "conversion"
+
+    def member(self) -> str:
+        return f"{self.decision_id}|{self.action_id}|{self.channel}|{self.kind}"
+
+    @classmethod
+    def parse(cls, member: str, score: float) -> ContactRecord:
+        decision_id, action_id, channel, kind = member.rsplit("|", 3)
+        return cls(int(score), decision_id, action_id, channel, kind)
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     id: str
     kind: str  # "customer" or "anonymous"
@@ -142,6 +162,9 @@ class Profile:
     recent: tuple[RecentEvent, ...]
     consent: Mapping[str, Consent]
     attributes: Mapping[str, Any]
+    group: str | None = None  # holdout group, once assigned
+    held_out: Mapping[str, bool] = field(default_factory=dict)  # per-action holdouts, once assigned
+    contacts: tuple[ContactRecord, ...] = ()
 
 
 def _int(value: str | None) -> int | None:
@@ -191,9 +214,12 @@ def decode(raw: RawProfile, *, id: str, kind: str, now_ms: int, rules: StageRule
     counts: dict[str, Counts] = {}
     consent: dict[str, Consent] = {}
     attributes: dict[str, Any] = {}
+    held_out: dict[str, bool] = {}
     for name, value in p.items():
         prefix, _, rest = name.partition(":")
-        if prefix == "n":
+        if prefix == "h":
+            held_out[rest] = value == "1"
+        elif prefix == "n":
             counts[rest] = Counts(int(value), _int(p.get(f"t:{rest}")), windows.get(rest, empty))
         elif prefix == "c":
             stamp, granted = _stamped(value)
@@ -226,6 +252,9 @@ def decode(raw: RawProfile, *, id: str, kind: str, now_ms: int, rules: StageRule
         recent=tuple(recent),
         consent=dict(sorted(consent.items())),
         attributes=dict(sorted(attributes.items())),
+        group=p.get("g"),
+        held_out=held_out,
+        contacts=tuple(ContactRecord.parse(m, score) for m, score in raw.contacts),
     )
 
 
@@ -234,6 +263,7 @@ _SUM = ("n:", "orders", "revenue")
 _MAX = ("t:", "cart_changed", "cart_cleared", "pruned")
 _MIN = ("first", "first_purchase")
 _LATEST = ("c:", "a:")
+_KNOWN_WINS = ("g", "h:")  # holdout assignments: the known customer's, where it has one
 
 
 def _merge_field(name: str, known: str, anon: str) -> str:
@@ -246,6 +276,8 @@ def _merge_field(name: str, known: str, anon: str) -> str:
         return str(min(int(known), int(anon)))
     if name.startswith(_LATEST):
         return anon if _stamped(anon)[0] > _stamped(known)[0] else known
+    if name.startswith(_KNOWN_WINS):
+        return known
     raise ValueError(f"no merge rule for profile field {name!r}")
 
 
@@ -297,6 +329,7 @@ def merge(known: RawProfile, anon: RawProfile) -> RawProfile:
         recent=_merge_scored(known.recent, anon.recent, keep=RECENT_EVENTS),
         dedupe=_merge_scored(known.dedupe, anon.dedupe),
         aliases=known.aliases | anon.aliases,
+        contacts=_merge_scored(known.contacts, anon.contacts),
     )
 
 

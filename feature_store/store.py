@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -30,10 +30,11 @@ from feature_store import keys
 from feature_store.errors import IdentityConflict, StoreUnavailable
 from feature_store.events import Event, attribute_values, dedupe_key, effect, key_properties, order_key
 from feature_store.keys import IdKind, ProfileKeys
-from feature_store.profile import WINDOW_SPEC, Profile, RawProfile, StageRules, decode, merge
+from feature_store.profile import WINDOW_SPEC, ContactRecord, Profile, RawProfile, StageRules, decode, merge
 
 Clock = Callable[[], float]
 CHUNK_EVENTS: Final = 100
+CONTACT_HISTORY_MS: Final = 90 * 86_400_000  # the longest window a contact limit may count
 _UNAVAILABLE_REPLIES: Final = ("OOM", "MISCONF", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN")
 
 
@@ -42,12 +43,35 @@ class StoreConfig:
     profile_ttl_ms: int = 400 * 86_400_000
     dedupe_window_ms: int = 24 * 3_600_000
     stage_rules: StageRules = field(default_factory=StageRules)
+    contacts_ms: int = CONTACT_HISTORY_MS
+    decision_ttl_ms: int = 7 * 86_400_000
+    log_max: int = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
 class Ingested:
     accepted: int
     duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """A profile as read for a decision: under which keys it lives, and what the events did."""
+
+    keys: ProfileKeys
+    profile: Profile | None
+    ingested: Ingested
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    decision_id: str
+    profile_keys: ProfileKeys
+    served: tuple[ContactRecord, ...]
+    group: str | None  # to persist at first sight
+    held_out: Mapping[str, bool]  # to persist at first sight
+    summary: Mapping[str, str]  # kept under nba:dec:<id> for outcomes
+    log: Mapping[str, str]  # the decision log entry
 
 
 def _lua(name: str) -> str:
@@ -100,9 +124,12 @@ def _raw(
     *,
     dedupe: tuple[tuple[str, float], ...] = (),
     aliases: frozenset[str] = frozenset(),
+    contacts: tuple[tuple[str, float], ...] = (),
 ) -> RawProfile:
     """A profile from a script's reply: the hashes as flat [field, value, ...] lists."""
-    return RawProfile(_pairs(profile), _pairs(windows), _pairs(cart), _scored(recent), dedupe, aliases)
+    return RawProfile(
+        _pairs(profile), _pairs(windows), _pairs(cart), _scored(recent), dedupe, aliases, contacts
+    )
 
 
 @dataclass(slots=True)
@@ -225,18 +252,73 @@ class ProfileStore:
 
     async def profile(self, profile_id: str, kind: IdKind = IdKind.CUSTOMER) -> Profile | None:
         """The live profile, or ``None`` when nothing is known of this id."""
-        profile_keys = ProfileKeys(kind, profile_id)
-        [(_, result)] = await self._apply([_Call([profile_keys], [[]])], read=True)
+        read = await self.apply_and_read(ProfileKeys(kind, profile_id), [])
+        return read.profile
+
+    async def apply_and_read(self, profile_keys: ProfileKeys, events: Sequence[Event]) -> Read:
+        """Apply the events of one profile and read it back, in one round trip (two via a linked id)."""
+        groups = {profile_keys: list(events)}
+        [(_, result)] = await self._apply([_Call([profile_keys], [list(events)])], read=True)
         if result[0] == "redirect":
             profile_keys = keys.customer(result[1])
-            [(_, result)] = await self._apply([_Call([profile_keys], [[]])], read=True)
-        raw = _raw(*result[3:7], aliases=frozenset(result[7]))
-        if not raw.exists:
-            return None
+            [(_, result)] = await self._apply([_Call([profile_keys], list(groups.values()))], read=True)
+        raw = _raw(*result[3:7], aliases=frozenset(result[7]), contacts=_scored(result[8]))
         kind_name = "customer" if profile_keys.kind is IdKind.CUSTOMER else "anonymous"
-        return decode(
-            raw, id=profile_keys.id, kind=kind_name, now_ms=self.now_ms(), rules=self._config.stage_rules
-        )
+        profile = None
+        if raw.exists:
+            rules = self._config.stage_rules
+            profile = decode(raw, id=profile_keys.id, kind=kind_name, now_ms=self.now_ms(), rules=rules)
+        return Read(profile_keys, profile, Ingested(int(result[1]), int(result[2])))
+
+    async def record_decision(self, record: DecisionRecord) -> None:
+        """Record a decision in one round trip: the contacts it served, the holdout assignments made at
+        first sight, the decision log entry, and the decision itself for its outcomes."""
+        config, target_keys, now = self._config, record.profile_keys, self.now_ms()
+        async with _translated(), self._redis.pipeline(transaction=False) as pipe:
+            if record.group is not None:
+                pipe.hsetnx(target_keys.profile, "g", record.group)
+            for action_id, withheld in record.held_out.items():
+                pipe.hsetnx(target_keys.profile, f"h:{action_id}", "1" if withheld else "0")
+            if record.group is not None or record.held_out:
+                pipe.pexpire(target_keys.profile, config.profile_ttl_ms)
+            if record.served:
+                pipe.zadd(target_keys.contacts, {c.member(): c.time_ms for c in record.served})
+                pipe.zremrangebyscore(target_keys.contacts, "-inf", f"({now - config.contacts_ms}")
+                pipe.pexpire(target_keys.contacts, config.profile_ttl_ms)
+            decision_key = keys.decision(record.decision_id)
+            summary: dict[Any, Any] = dict(record.summary)
+            pipe.hset(decision_key, mapping=summary)
+            pipe.pexpire(decision_key, config.decision_ttl_ms)
+            entry: dict[Any, Any] = dict(record.log)
+            pipe.xadd(keys.DECISION_LOG, entry, maxlen=config.log_max, approximate=True)
+            await pipe.execute()
+
+    async def decision(self, decision_id: str) -> dict[str, str] | None:
+        """What was recorded of a decision (``record_decision``'s summary and its outcomes), if it is kept."""
+        async with _translated():
+            found: dict[str, str] = await self._redis.hgetall(keys.decision(decision_id))  # type: ignore[assignment]
+        return found or None
+
+    async def record_outcome(
+        self, decision_id: str, mark: str, contact: ContactRecord | None, log: Mapping[str, str]
+    ) -> bool:
+        """Record an outcome once: ``mark`` names it within the decision (e.g. ``click:proactive_chat``).
+
+        Returns ``False`` for a repeat, which changes nothing. A dismissal or conversion also enters the
+        customer's contact history, where contact policies see it."""
+        decision_key = keys.decision(decision_id)
+        async with _translated():
+            if not await self._redis.hsetnx(decision_key, f"o:{mark}", str(self.now_ms())):
+                return False
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if contact is not None:
+                    target_keys = ProfileKeys.parse(log["customer"])
+                    pipe.zadd(target_keys.contacts, {contact.member(): contact.time_ms})
+                    pipe.pexpire(target_keys.contacts, self._config.profile_ttl_ms)
+                entry: dict[Any, Any] = dict(log)
+                pipe.xadd(keys.OUTCOME_LOG, entry, maxlen=self._config.log_max, approximate=True)
+                await pipe.execute()
+        return True
 
     async def link(self, anonymous_id: str, customer_id: str) -> bool:
         """Link an anonymous visitor to a customer and merge the visitor's profile into the customer's.
@@ -255,7 +337,7 @@ class ProfileStore:
             )
             if taken[0] == "conflict":
                 raise IdentityConflict(anonymous_id, taken[1])
-            anon = _raw(*taken[2:6], dedupe=_scored(taken[6]))
+            anon = _raw(*taken[2:6], dedupe=_scored(taken[6]), contacts=_scored(taken[7]))
             merged = await self._merge_into(known_keys, anonymous_id, anon, fresh=taken[1] == 1)
             await self._redis.delete(*anon_keys.data_keys())
         return merged
@@ -279,6 +361,7 @@ class ProfileStore:
                         cart=await pipe.hgetall(known_keys.cart),  # type: ignore[arg-type]
                         recent=_scored(await pipe.zrange(known_keys.recent, 0, -1, withscores=True)),
                         dedupe=_scored(await pipe.zrange(known_keys.dedupe, 0, -1, withscores=True)),
+                        contacts=_scored(await pipe.zrange(known_keys.contacts, 0, -1, withscores=True)),
                     )
                     result = merge(known, anon) if anon.exists else known
                     pipe.multi()  # type: ignore[no-untyped-call]
@@ -302,9 +385,19 @@ class ProfileStore:
             pipe.zadd(target_keys.recent, dict(raw.recent))
         if raw.dedupe:
             pipe.zadd(target_keys.dedupe, dict(raw.dedupe))
+        if raw.contacts:
+            pipe.zadd(target_keys.contacts, dict(raw.contacts))
         pipe.sadd(target_keys.aliases, anonymous_id)
         for key in target_keys.data_keys():
             pipe.pexpire(key, ttl)
+
+    async def catalogue_generation(self) -> str:
+        async with _translated():
+            return str(await self._redis.get(keys.CATALOGUE_GENERATION) or "0")
+
+    async def bump_catalogue_generation(self) -> str:
+        async with _translated():
+            return str(await self._redis.incr(keys.CATALOGUE_GENERATION))
 
     async def erase(self, profile_id: str, kind: IdKind = IdKind.CUSTOMER) -> bool:
         """Erase everything about a person: the profile, every linked anonymous id and its data.
@@ -331,7 +424,7 @@ class ProfileStore:
         """Run ``apply.lua`` for every call in one pipelined round trip; re-send on NOSCRIPT."""
         config = self._config
         head = [str(self.now_ms()), str(config.profile_ttl_ms), str(config.dedupe_window_ms), WINDOW_SPEC]
-        head.append("1" if read else "0")
+        head += ["1" if read else "0", str(config.contacts_ms)]
         packed: list[tuple[int, list[str]]] = []
         for call in calls:
             call_keys = [k for profile_keys in call.targets for k in profile_keys.script_keys()]

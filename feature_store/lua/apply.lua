@@ -1,15 +1,16 @@
 -- Apply events to one or more profiles and, if asked, read them back: one round trip.
 --
--- KEYS: 7 per profile, in ProfileKeys.script_keys() order: p, w, cart, r, d, s, alias.
+-- KEYS: 8 per profile, in ProfileKeys.script_keys() order: p, w, cart, r, d, s, k, alias.
 -- ARGV[1] now (ms)   ARGV[2] inactivity TTL (ms)   ARGV[3] dedupe window (ms)
 -- ARGV[4] windows, "code:bucket_ms:buckets,..."     ARGV[5] "1" to read the profiles back
--- ARGV[5 + i] the events of profile i, a JSON array prepared by feature_store/store.py:
+-- ARGV[6] contact history kept (ms)
+-- ARGV[6 + i] the events of profile i, a JSON array prepared by feature_store/store.py:
 --   {y=type, t=time ms, i=dedupe id?, o=order dedupe id?, m=recent-events member,
 --    item=?, q=quantity?, price=?, rev=revenue?, items=[ids]?, ch=channel?, g=granted?, a={name=json}?}
 --
 -- Returns one entry per profile: {"redirect", customer_id} when the id is an anonymous id already
 -- linked to a customer (nothing applied; the caller re-sends to the customer), else
--- {"ok", accepted, duplicates[, p, w, cart, r, s]}.
+-- {"ok", accepted, duplicates[, p, w, cart, r, s, k]}.
 --
 -- Every change to one profile happens inside this script, so an event is applied whole or not at all.
 
@@ -17,6 +18,7 @@ local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local dedupe_ms = tonumber(ARGV[3])
 local read_back = ARGV[5] == "1"
+local contacts_ms = tonumber(ARGV[6])
 
 local windows = {}
 for code, bucket_ms, buckets in string.gmatch(ARGV[4], "(%a+):(%d+):(%d+)") do
@@ -138,8 +140,8 @@ local function prune_windows(p, w)
 end
 
 local function apply(base, events_json)
-  local p, w, cart, r, d, s, alias =
-    KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4], KEYS[base + 5], KEYS[base + 6], KEYS[base + 7]
+  local p, w, cart, r, d, s, k, alias = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4],
+    KEYS[base + 5], KEYS[base + 6], KEYS[base + 7], KEYS[base + 8]
   local linked = redis.call("GET", alias)
   if linked then
     -- A link lives as long as it is used: renew it like any other key of the customer.
@@ -187,20 +189,21 @@ local function apply(base, events_json)
   if accepted > 0 then
     redis.call("ZREMRANGEBYRANK", r, 0, -21)
     prune_windows(p, w)
-    for _, key in ipairs({p, w, cart, r, d, s}) do
+    for _, key in ipairs({p, w, cart, r, d, s, k}) do
       redis.call("PEXPIRE", key, ttl)
     end
   end
   if read_back then
     return {"ok", accepted, duplicates,
       redis.call("HGETALL", p), redis.call("HGETALL", w), redis.call("HGETALL", cart),
-      redis.call("ZRANGE", r, 0, -1, "WITHSCORES"), redis.call("SMEMBERS", s)}
+      redis.call("ZRANGE", r, 0, -1, "WITHSCORES"), redis.call("SMEMBERS", s),
+      redis.call("ZRANGEBYSCORE", k, "(" .. fmt(now - contacts_ms), "+inf", "WITHSCORES")}
   end
   return {"ok", accepted, duplicates}
 end
 
 local results = {}
-for i = 0, (#KEYS / 7) - 1 do
-  results[#results + 1] = apply(i * 7, ARGV[6 + i])
+for i = 0, (#KEYS / 8) - 1 do
+  results[#results + 1] = apply(i * 8, ARGV[7 + i])
 end
 return results

@@ -77,7 +77,7 @@ async def test_a_linked_visitor_costs_one_more_round_trip(
 
 async def test_the_events_endpoint_costs_one_round_trip(make_client: AppFactory, wire: Wire) -> None:
     """Through the whole app: auth, validation, the service and the store."""
-    async with make_client() as client:
+    async with make_client(catalogue_watch_s=3600) as client:
         assert (await client.get("/readyz")).status_code == 200
         before = wire.sent
         r = await client.post("/v1/events", json={"customer_id": "c-1", "type": "page_view"})
@@ -88,3 +88,23 @@ async def test_the_events_endpoint_costs_one_round_trip(make_client: AppFactory,
         r: httpx.Response = await client.post("/v1/events", json=batch)
         assert r.json() == {"accepted": 500, "duplicates": 0}
         assert wire.sent - before == 1
+
+
+async def test_a_decision_with_its_event_costs_two_round_trips(make_client: AppFactory, wire: Wire) -> None:
+    """One applies the page view and reads everything the decision needs; one records the decision."""
+    from tests.api.test_decide_api import CATALOGUE
+
+    async with make_client(policies=CATALOGUE, catalogue_watch_s=3600) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        body = {
+            "customer_id": "c-1",
+            "placement": "web.product_page",
+            "event": {"type": "page_view", "properties": {"page": "/p/sku-1"}},
+            "context": {"device": "mobile"},
+        }
+        for _ in range(3):
+            before = wire.sent
+            r = await client.post("/v1/decide", json=body)
+            assert r.status_code == 200
+            assert r.json()["fallback"] is False
+            assert wire.sent - before == 2

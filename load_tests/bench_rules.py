@@ -1,0 +1,56 @@
+"""How fast each candidate rule language evaluates one pre-compiled eligibility rule.
+
+    pip install rule-engine cel-python   # the candidates that were not chosen
+    python -m load_tests.bench_rules
+
+Prints the median microseconds per evaluation of the same three-clause rule, compiled once, for
+simpleeval (what policies/rules.py uses), rule-engine and cel-python, measured in one run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import timeit
+from collections.abc import Callable
+
+from feature_store.features import feature_names
+from policies.rules import compile_rule
+
+PROFILE = {"faq_view_30m": 3, "cart_items": 1, "purchased_24h": False}
+RULE = "profile.faq_view_30m >= 2 and profile.cart_items > 0 and not profile.purchased_24h"
+
+
+def _median_us(fn: Callable[[], object], number: int) -> float:
+    runs = [timeit.timeit(fn, number=number) / number * 1e6 for _ in range(7)]
+    return round(statistics.median(runs), 2)
+
+
+def main() -> None:
+    rule = compile_rule(RULE, feature_names())
+    assert rule.evaluate(PROFILE, {}) is True
+    figures = {"simpleeval (chosen)": _median_us(lambda: rule.evaluate(PROFILE, {}), 5000)}
+    try:
+        import rule_engine
+
+        compiled = rule_engine.Rule(RULE)
+        data = {"profile": PROFILE}
+        assert compiled.matches(data)
+        figures["rule-engine"] = _median_us(lambda: compiled.matches(data), 1000)
+    except ImportError:
+        figures["rule-engine"] = float("nan")
+    try:
+        import celpy
+
+        env = celpy.Environment()
+        program = env.program(env.compile(RULE.replace(" and not ", " && !").replace(" and ", " && ")))
+        activation = {"profile": celpy.json_to_cel(PROFILE)}
+        assert program.evaluate(activation)
+        figures["cel-python"] = _median_us(lambda: program.evaluate(activation), 500)
+    except ImportError:
+        figures["cel-python"] = float("nan")
+    print(json.dumps({"rule": RULE, "median_us_per_evaluation": figures}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""The decision funnel: pure, synchronous, seeded. Given what the store read and what the models say,
+it returns what to show and why, for web calls, triggers and simulations alike.
+
+For one placement, every action of the catalogue passes, in order:
+
+1. applicability: the action serves the placement (and so its channel) -> else ``ineligible``;
+2. eligibility: its rule holds on the profile and context -> else ``ineligible``;
+3. consent: the channel's consent is granted, where the action requires it -> else ``no_consent``;
+4. contact policy: the action's, the channel's and the overall limits over what was served, the
+   cooldown after a dismiss, the suppression after repeated dismissals, and never again after a
+   conversion -> else ``capped`` or ``suppressed``;
+5. holdouts: the global control group keeps only exempt actions; an action's own holdout withholds
+   it from its share -> else ``holdout``;
+6. arbitration: priority = propensity x context weight x value x levers;
+7. exploration and top-k: exact probabilities over the eligible actions, then a seeded draw of up to
+   ``limit`` -> ``chosen`` or ``not_chosen``.
+
+A control customer's decision is also drawn as if they were in treatment: that counterfactual is
+logged (never returned), so that uplift is measured against what control would have got.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from policies import holdout
+from policies.catalogue import Catalogue, CompiledAction, Limit
+from policies.exploration import draw, probabilities
+from policies.rules import RuleEvaluationError
+
+Status = Literal["chosen", "not_chosen", "ineligible", "no_consent", "capped", "suppressed", "holdout"]
+ContactKind = Literal["served", "dismiss", "conversion"]
+
+
+class Scorer(Protocol):
+    """Propensity of a customer to respond to an action, from ``models/``."""
+
+    @property
+    def version(self) -> str: ...
+
+    def propensity(
+        self, action: CompiledAction, features: Mapping[str, Any], context: Mapping[str, Any]
+    ) -> float: ...
+
+
+class Contact(Protocol):
+    """Something that happened between the customer and an action: served, dismissed, converted."""
+
+    @property
+    def time_ms(self) -> int: ...
+
+    @property
+    def action_id(self) -> str: ...
+
+    @property
+    def channel(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Situation:
+    """What the store knows, as the funnel needs it."""
+
+    customer: str  # the canonical id that holdouts hash
+    features: Mapping[str, Any]
+    context: Mapping[str, Any]
+    contacts: Sequence[Contact]
+    now_ms: int
+    group: str | None = None  # persisted global group, None at first sight
+    held_out: Mapping[str, bool] = field(default_factory=dict)  # persisted per-action holdouts
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action_id: str
+    status: Status
+    reason: str
+    probability: float | None = None
+    propensity: float | None = None
+    priority: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    action_id: str
+    channel: str
+    probability: float
+    priority: float
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    group: str
+    chosen: tuple[Choice, ...]
+    counterfactual: tuple[Choice, ...]  # control only: what treatment would have served
+    eligible: Mapping[str, float]  # action -> probability at the first draw, over the served draw
+    verdicts: tuple[Verdict, ...]
+    assigned_group: str | None  # a group assigned at this sight, to persist
+    assigned_holdouts: Mapping[str, bool]  # per-action holdouts assigned at this sight, to persist
+    model_version: str
+
+
+def _count(contacts: Sequence[Contact], now_ms: int, per_ms: int, kind: ContactKind, **match: str) -> int:
+    since = now_ms - per_ms
+    return sum(
+        1
+        for c in contacts
+        if c.kind == kind and c.time_ms > since and all(getattr(c, k) == v for k, v in match.items())
+    )
+
+
+def _first_full(
+    limits: Sequence[Limit], contacts: Sequence[Contact], now_ms: int, **match: str
+) -> Limit | None:
+    for limit in limits:
+        if _count(contacts, now_ms, limit.per, "served", **match) >= limit.max:
+            return limit
+    return None
+
+
+def _human(ms: int) -> str:
+    """``86400000`` -> ``24h`` (hours up to two days, as marketers write them), ``604800000`` -> ``7d``."""
+    for unit, size, at_least in (
+        ("d", 86_400_000, 2 * 86_400_000),
+        ("h", 3_600_000, 3_600_000),
+        ("m", 60_000, 60_000),
+    ):
+        if ms >= at_least and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms // 1000}s"
+
+
+def _contact_policy(
+    action: CompiledAction, catalogue: Catalogue, situation: Situation
+) -> tuple[Status, str] | None:
+    spec, contacts, now = action.spec, situation.contacts, situation.now_ms
+    if not spec.reoffer_after_conversion and any(
+        c.kind == "conversion" and c.action_id == spec.id for c in contacts
+    ):
+        return "suppressed", "already converted"
+    if spec.cooldown_after_dismiss is not None and _count(
+        contacts, now, spec.cooldown_after_dismiss, "dismiss", action_id=spec.id
+    ):
+        return "suppressed", f"dismissed within {_human(spec.cooldown_after_dismiss)}"
+    if spec.suppress is not None and (
+        _count(contacts, now, spec.suppress.per, "dismiss", action_id=spec.id) >= spec.suppress.dismissals
+    ):
+        return "suppressed", f"dismissed {spec.suppress.dismissals} times within {_human(spec.suppress.per)}"
+    policy = catalogue.contact_policy
+    for scope, limits, match in (
+        ("action", spec.limits, {"action_id": spec.id}),
+        (f"{spec.channel} channel", policy.channels.get(spec.channel, ()), {"channel": spec.channel}),
+        ("overall", policy.overall, {}),
+    ):
+        full = _first_full(limits, contacts, now, **match)
+        if full is not None:
+            return "capped", f"{scope} limit of {full.max} per {_human(full.per)} reached"
+    return None
+
+
+def _context_weight(action: CompiledAction, context: Mapping[str, Any]) -> float:
+    weight = 1.0
+    for key, weights in action.spec.context_weights.items():
+        value = context.get(key)
+        if value is not None:
+            weight *= weights.get(str(value).lower() if isinstance(value, bool) else str(value), 1.0)
+    return weight
+
+
+@dataclass(slots=True)
+class _Candidate:
+    action: CompiledAction
+    propensity: float
+    priority: float
+
+
+def _choices(
+    candidates: Sequence[_Candidate], catalogue: Catalogue, k: int, rng: random.Random
+) -> tuple[tuple[Choice, ...], dict[str, float]]:
+    priorities = [c.priority for c in candidates]
+    drawn = draw(priorities, catalogue.exploration, k, rng)
+    chosen = tuple(
+        Choice(
+            candidates[i].action.id,
+            candidates[i].action.spec.channel,
+            probability,
+            candidates[i].priority,
+            candidates[i].action.spec.payload,
+        )
+        for i, probability in drawn
+    )
+    first = probabilities(priorities, catalogue.exploration)
+    return chosen, {c.action.id: p for c, p in zip(candidates, first, strict=True)}
+
+
+def decide(
+    catalogue: Catalogue,
+    placement: str,
+    situation: Situation,
+    scorer: Scorer,
+    rng: random.Random,
+    *,
+    limit: int | None = None,
+) -> Decision:
+    """Run the funnel for one placement. ``placement`` must exist in the catalogue."""
+    spec = catalogue.placements[placement]
+    k = spec.limit if limit is None else limit
+    seed, share = catalogue.holdout.seed, catalogue.holdout.share
+    group = situation.group or holdout.group(seed, share, situation.customer)
+    assigned_group = None if situation.group else group
+    assigned_holdouts: dict[str, bool] = {}
+    verdicts: dict[str, Verdict] = {}
+    treatment: list[_Candidate] = []  # what a treatment customer would be offered
+    served: list[_Candidate] = []  # what this customer may be offered
+    applicable = catalogue.by_placement.get(placement, ())
+    for action in catalogue.actions.values():
+        if placement not in action.spec.placements:
+            verdicts[action.id] = Verdict(action.id, "ineligible", f"not offered on {placement}")
+    for action in applicable:
+        a = action.spec
+        try:
+            holds = action.rule.evaluate(situation.features, situation.context)
+        except RuleEvaluationError as exc:
+            verdicts[a.id] = Verdict(a.id, "ineligible", f"rule could not be evaluated: {exc}")
+            continue
+        if not holds:
+            verdicts[a.id] = Verdict(a.id, "ineligible", "rule does not hold")
+            continue
+        if a.consent is not None and not situation.features.get("consent", {}).get(a.consent, False):
+            verdicts[a.id] = Verdict(a.id, "no_consent", f"no {a.consent} consent")
+            continue
+        blocked = _contact_policy(action, catalogue, situation)
+        if blocked is not None:
+            verdicts[a.id] = Verdict(a.id, blocked[0], blocked[1])
+            continue
+        if a.id in situation.held_out:
+            withheld = situation.held_out[a.id]
+        else:
+            withheld = holdout.held_out(seed, a.holdout, a.id, situation.customer)
+            if a.holdout > 0:
+                assigned_holdouts[a.id] = withheld
+        if withheld:
+            verdicts[a.id] = Verdict(a.id, "holdout", f"in this action's {a.holdout:.0%} holdout")
+            continue
+        propensity = scorer.propensity(action, situation.features, situation.context)
+        candidate = _Candidate(
+            action, propensity, propensity * _context_weight(action, situation.context) * a.value * a.levers
+        )
+        treatment.append(candidate)
+        if group == holdout.CONTROL and not a.exempt:
+            verdicts[a.id] = Verdict(
+                a.id,
+                "holdout",
+                "customer is in the control group",
+                propensity=propensity,
+                priority=candidate.priority,
+            )
+        else:
+            served.append(candidate)
+    chosen, eligible = _choices(served, catalogue, k, rng)
+    counterfactual: tuple[Choice, ...] = ()
+    if group == holdout.CONTROL:
+        # Drawn from its own generator, so that the served draw is the same with or without it.
+        counterfactual, _ = _choices(treatment, catalogue, k, random.Random(rng.random()))
+    chosen_ids = {c.action_id: c for c in chosen}
+    for candidate in served:
+        action_id = candidate.action.id
+        choice = chosen_ids.get(action_id)
+        verdicts[action_id] = Verdict(
+            action_id,
+            "chosen" if choice else "not_chosen",
+            "drawn" if choice else "not drawn",
+            probability=choice.probability if choice else eligible[action_id],
+            propensity=candidate.propensity,
+            priority=candidate.priority,
+        )
+    return Decision(
+        group=group,
+        chosen=chosen,
+        counterfactual=counterfactual,
+        eligible=eligible,
+        verdicts=tuple(verdicts[a] for a in catalogue.actions),
+        assigned_group=assigned_group,
+        assigned_holdouts=assigned_holdouts,
+        model_version=scorer.version,
+    )
+
+
+def fallback(catalogue: Catalogue, placement: str, *, limit: int | None = None) -> tuple[Choice, ...]:
+    """The placement's fallback actions, for when the profile or the models cannot be had in time."""
+    spec = catalogue.placements[placement]
+    k = spec.limit if limit is None else limit
+    return tuple(
+        Choice(a, catalogue.actions[a].spec.channel, 1.0, 0.0, catalogue.actions[a].spec.payload)
+        for a in spec.fallback[:k]
+    )

@@ -1,0 +1,159 @@
+"""Eligibility rules: small expressions over the profile and the request context, compiled once.
+
+A rule reads like Python and is evaluated by simpleeval (https://github.com/danthedeckie/simpleeval),
+which walks a parsed syntax tree with a fixed set of operators and no access to builtins, modules,
+dunder attributes or lambdas; Python's ``eval`` is never called. Of the candidates, it was the
+fastest by an order of magnitude: one run of ``python -m load_tests.bench_rules`` measured a
+pre-compiled three-clause rule at 21 µs with simpleeval, 347 µs with rule-engine and 296 µs with
+cel-python (median per evaluation).
+
+What a rule may name:
+
+- ``profile.<feature>``: a profile feature (the names are given to :func:`compile_rule`; unknown ones
+  are refused at load time, with the closest known names suggested);
+- ``context.<key>``: a value the caller sent in ``context`` (``None`` when absent);
+- literals, ``and``/``or``/``not``, comparisons, ``in``, arithmetic, ``x if c else y``, lists, tuples
+  and sets, and the methods of the values themselves that only read (e.g.
+  ``profile.attributes.get("tier")``, ``context.page.startswith("/help")``).
+
+A rule is one expression. Statements (``=`` where ``==`` was meant, ``import``), functions other than
+methods, lambdas, comprehensions and methods that change a value (``clear``, ``update``, ...) are
+refused when the rule is compiled, so a catalogue that loads holds no rule that can never be evaluated.
+
+Examples
+--------
+>>> rule = compile_rule("profile.faq_view_30m >= 2 and context.device == 'mobile'", {"faq_view_30m"})
+>>> rule.evaluate({"faq_view_30m": 3}, {"device": "mobile"})
+True
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from simpleeval import DEFAULT_OPERATORS, EvalWithCompoundTypes, InvalidExpression
+
+
+class RuleError(ValueError):
+    """A rule that cannot be compiled: bad syntax, an unknown name, or a forbidden construct."""
+
+
+class _Context(dict[str, Any]):
+    """The request context: a key the caller did not send reads as ``None``."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    source: str
+    tree: ast.AST
+
+    def evaluate(self, profile: Mapping[str, Any], context: Mapping[str, Any]) -> bool:
+        """Whether the rule holds. Raises :class:`RuleEvaluationError` when it cannot be evaluated."""
+        evaluator = EvalWithCompoundTypes(names={"profile": profile, "context": _Context(context)})
+        try:
+            return bool(evaluator.eval(self.source, previously_parsed=self.tree))
+        except (
+            InvalidExpression,
+            TypeError,
+            ValueError,
+            ArithmeticError,
+            LookupError,
+            AttributeError,
+        ) as exc:
+            raise RuleEvaluationError(f"{type(exc).__name__}: {exc}") from exc
+
+
+class RuleEvaluationError(ValueError):
+    """A rule failed on one profile (e.g. comparing a missing context value with a number)."""
+
+
+ALWAYS = "True"
+
+# Expression nodes a rule may use; simpleeval evaluates each of them. Anything else (a statement, an
+# assignment, a lambda, a comprehension, a walrus) is refused when the rule is compiled, not on every
+# evaluation, so a typo such as ``profile.stage = 'loyalty'`` cannot slip through as an always-true rule.
+_NODES: Final = (
+    ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Compare, ast.IfExp, ast.Call, ast.Attribute, ast.Subscript,
+    ast.Name, ast.Constant, ast.List, ast.Tuple, ast.Set, ast.Dict, ast.Slice, ast.JoinedStr,
+    ast.FormattedValue,
+)  # fmt: skip
+_OPERATORS: Final = frozenset(DEFAULT_OPERATORS)
+# Methods that change the value they are called on: a rule only reads, and the profile it reads is
+# shared by every rule of a decision.
+_MUTATORS: Final = frozenset(
+    {
+        "append", "extend", "insert", "remove", "pop", "popitem", "clear", "update", "setdefault", "add",
+        "discard", "sort", "reverse", "intersection_update", "difference_update",
+        "symmetric_difference_update",
+    }
+)  # fmt: skip
+# ``context.items`` would read the mapping's method, not the key "items" the caller sent.
+_MAPPING_ATTRIBUTES: Final = frozenset(name for name in dir(dict) if not name.startswith("_"))
+
+
+def compile_rule(source: str, features: Collection[str]) -> Rule:
+    """Parse and check a rule once. Raises :class:`RuleError` saying what is wrong."""
+    # A long rule may be written over several lines (a YAML block); it reads as one line.
+    text = " ".join(line.strip() for line in source.strip().splitlines())
+    if not text:
+        raise RuleError(f"the rule is empty: write a condition, or {ALWAYS} to always hold")
+    try:
+        body = ast.parse(text).body
+    except SyntaxError as exc:
+        raise RuleError(f"syntax error at column {exc.offset}: {exc.msg}") from None
+    if len(body) != 1:
+        raise RuleError("a rule is one expression: join conditions with 'and' or 'or'")
+    if isinstance(body[0], ast.Assign | ast.AugAssign | ast.AnnAssign):
+        raise RuleError("'=' assigns, it does not compare: write '=='")
+    if not isinstance(body[0], ast.Expr):
+        raise RuleError(f"a rule is one expression, not a statement ({type(body[0]).__name__})")
+    tree = body[0].value
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    for node in ast.walk(tree):
+        _check_node(node, features, called)
+    return Rule(source, tree)
+
+
+def _check_node(node: ast.AST, features: Collection[str], called: set[int]) -> None:
+    if isinstance(node, ast.expr) and not isinstance(node, _NODES):
+        raise RuleError(f"{type(node).__name__} is not allowed in rules")
+    if isinstance(node, ast.BinOp | ast.UnaryOp) and type(node.op) not in _OPERATORS:
+        raise RuleError(f"operator {type(node.op).__name__} is not allowed in rules")
+    if isinstance(node, ast.Compare) and (bad := [op for op in node.ops if type(op) not in _OPERATORS]):
+        raise RuleError(f"operator {type(bad[0]).__name__} is not allowed in rules")
+    if isinstance(node, ast.Name) and node.id not in ("profile", "context"):
+        raise RuleError(f"unknown name {node.id!r}: rules read profile.<feature> and context.<key>")
+    if isinstance(node, ast.Call) and not isinstance(node.func, ast.Attribute):
+        raise RuleError("only methods of values may be called, e.g. profile.attributes.get('tier')")
+    if isinstance(node, ast.Attribute):
+        if node.attr.startswith("_"):
+            raise RuleError(f"attribute {node.attr!r} is not allowed in rules")
+        if node.attr in _MUTATORS:
+            raise RuleError(f"method {node.attr!r} changes a value; rules only read")
+        if isinstance(node.value, ast.Name) and node.value.id == "profile":
+            _check_feature(node.attr, features)
+        if (
+            isinstance(node.value, ast.Name)
+            and node.value.id == "context"
+            and node.attr in _MAPPING_ATTRIBUTES
+            and id(node) not in called
+        ):
+            raise RuleError(f"context.{node.attr} reads a method, not the key: write context[{node.attr!r}]")
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "profile":
+        if not (isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)):
+            raise RuleError("profile is read by name: write profile.<feature>")
+        _check_feature(node.slice.value, features)
+
+
+def _check_feature(name: str, features: Collection[str]) -> None:
+    if name not in features:
+        close = difflib.get_close_matches(name, features, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise RuleError(f"unknown feature profile.{name}{hint}")
