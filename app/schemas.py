@@ -96,12 +96,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class EventIn(_Strict):
-    """One behavioural event. One of ``customer_id`` or ``anonymous_id`` is required."""
+class _EventFields(_Strict):
+    """What an event says, whoever it is about."""
 
     event_id: Id | None = Field(None, description="Makes the event idempotent within the dedupe window.")
-    customer_id: Id | None = Field(None, description="The known customer; wins when both ids are given.")
-    anonymous_id: Id | None = Field(None, description="A visitor not yet known (cookie or device id).")
     type: EventType = Field(description="A well-known type (see docs/events.md) or your own.")
     timestamp: Timestamp | None = Field(
         None, description="RFC 3339 with a time zone; missing means now. At most 5 minutes ahead."
@@ -110,6 +108,21 @@ class EventIn(_Strict):
         default_factory=dict,
         description=f"Scalars or lists of up to {MAX_LIST} scalars; strings up to {MAX_TEXT} characters.",
     )
+
+    @field_validator("properties")
+    @classmethod
+    def _fits_type(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        event_type = info.data.get("type")
+        if event_type is not None:
+            effect(event_type, value)
+        return value
+
+
+class EventIn(_EventFields):
+    """One behavioural event. One of ``customer_id`` or ``anonymous_id`` is required."""
+
+    customer_id: Id | None = Field(None, description="The known customer; wins when both ids are given.")
+    anonymous_id: Id | None = Field(None, description="A visitor not yet known (cookie or device id).")
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -124,14 +137,6 @@ class EventIn(_Strict):
             ]
         }
     )
-
-    @field_validator("properties")
-    @classmethod
-    def _fits_type(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        event_type = info.data.get("type")
-        if event_type is not None:
-            effect(event_type, value)
-        return value
 
     @model_validator(mode="after")
     def _has_an_id(self) -> EventIn:
@@ -278,23 +283,8 @@ class ProfileOut(BaseModel):
 Context = Annotated[dict[PropertyName, PropertyValue], Field(max_length=MAX_PROPERTIES)]
 
 
-class DecideEventIn(_Strict):
+class DecideEventIn(_EventFields):
     """The event that prompted the decision; it belongs to the decision's customer."""
-
-    event_id: Id | None = None
-    type: EventType
-    timestamp: Timestamp | None = None
-    properties: Annotated[dict[PropertyName, PropertyValue], Field(max_length=MAX_PROPERTIES)] = Field(
-        default_factory=dict
-    )
-
-    @field_validator("properties")
-    @classmethod
-    def _fits_type(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        event_type = info.data.get("type")
-        if event_type is not None:
-            effect(event_type, value)
-        return value
 
 
 class DecideIn(_Strict):
