@@ -37,7 +37,8 @@ async def send(api: httpx.AsyncClient, customer: str, *events: dict[str, Any]) -
 
 
 async def decide(api: httpx.AsyncClient, customer: str, placement: str, **body: Any) -> dict[str, Any]:
-    r = await api.post("/v1/decide", json={"customer_id": customer, "placement": placement, "explain": True, **body})
+    request = {"customer_id": customer, "placement": placement, "explain": True, **body}
+    r = await api.post("/v1/decide", json=request)
     assert r.status_code == 200, r.text
     answer: dict[str, Any] = r.json()
     assert answer["group"] == "treatment"
@@ -53,7 +54,8 @@ async def test_faq_reader_is_offered_a_proactive_chat(api: httpx.AsyncClient) ->
     customer = treatment_customer("faq")
     before = await decide(api, customer, "chat.proactive")
     assert verdicts(before)["proactive_chat_help"] == "ineligible"
-    await send(api, customer, *({"type": "faq_view", "properties": {"article_id": f"a-{i}"}} for i in range(2)))
+    reads = [{"type": "faq_view", "properties": {"article_id": f"a-{i}"}} for i in range(2)]
+    await send(api, customer, *reads)
     after = await decide(api, customer, "chat.proactive", context={"device": "desktop"})
     assert [a["action_id"] for a in after["actions"]] == ["proactive_chat_help"]
     assert after["actions"][0]["payload"]["cta"] == "Chat with us"
