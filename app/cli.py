@@ -3,9 +3,9 @@
 ``nba serve`` runs the API. With no ``NBA_REDIS_URL`` it first starts a private redis-server with
 persistence in the data folder and hands its address to every worker; on exit it stops it.
 
-``nba check [PATH]`` checks a catalogue folder (by default the shipped one) as the service would load
-it, and prints every problem, one per line: ``file: where: problem``. Exit status 0 when it is valid,
-1 when it is not.
+``nba check [PATH]`` checks a catalogue folder (by default ``NBA_POLICIES``, else the shipped one) as
+the service would load it, and prints every problem, one per line: ``file: where: problem``. Exit
+status 0 when it is valid, 1 when it is not.
 """
 
 from __future__ import annotations
@@ -41,6 +41,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from feature_store.features import feature_names
+    from policies.catalogue import CatalogueInvalid, default_path, load
+
+    try:
+        load(settings.policies or default_path(), feature_names())
+    except CatalogueInvalid as exc:
+        print(f"nba serve: the catalogue is invalid ({len(exc.problems)} problems):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+
     from feature_store.embedded import EmbeddedRedis, EmbeddedRedisError
 
     embedded = None
@@ -75,7 +86,7 @@ def _check(args: argparse.Namespace) -> int:
     from policies.catalogue import CatalogueInvalid, default_path, load
 
     try:
-        catalogue = load(args.path or default_path(), feature_names())
+        catalogue = load(args.path or Path(os.environ.get("NBA_POLICIES") or default_path()), feature_names())
     except CatalogueInvalid as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -95,12 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.add_argument(
-        "--policies", type=Path, help="catalogue folder, read by decisioning (not in this release yet)"
+        "--policies", type=Path, help="catalogue folder (default: NBA_POLICIES, else the shipped one)"
     )
     serve.add_argument("--data-dir", type=Path, help="embedded Redis data folder (default ./nba-data)")
     check = sub.add_parser("check", help="check a catalogue folder and list every problem")
     check.add_argument(
-        "path", nargs="?", type=Path, help="catalogue folder or file (default: the shipped catalogue)"
+        "path",
+        nargs="?",
+        type=Path,
+        help="catalogue folder or file (default: NBA_POLICIES, else the shipped one)",
     )
     args = parser.parse_args(argv)
     if args.command == "serve":

@@ -198,7 +198,7 @@ class Services:
                 profile = read.profile
                 situation = Situation(
                     customer=read.keys.ref,
-                    features=features(profile, now_ms),
+                    features=features(profile, now_ms, catalogue.event_types),
                     context=body.context,
                     contacts=profile.contacts if profile else (),
                     now_ms=now_ms,

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     policies: Path | None = Field(
         None,
-        description="Catalogue folder, read by decisioning (not in this release yet).",
+        description="The catalogue folder; unset: the shipped retail catalogue (policies/catalogue).",
     )
     api_keys: Annotated[dict[str, Scope], NoDecode] = Field(
         repr=False,

@@ -58,10 +58,13 @@ def _days(now_ms: int, then_ms: int | None) -> float:
     return NEVER if then_ms is None else round((now_ms - then_ms) / DAY_MS, 4)
 
 
-def features(profile: Profile | None, now_ms: int) -> dict[str, Any]:
-    """The features of a profile (``None``: a customer seen for the first time)."""
+def features(profile: Profile | None, now_ms: int, event_types: Iterable[str] = ()) -> dict[str, Any]:
+    """The features of a profile (``None``: a customer seen for the first time).
+
+    ``event_types``: custom types that rules may name, which read as never seen until they are.
+    """
     out: dict[str, Any] = {}
-    for event_type in WELL_KNOWN_TYPES:
+    for event_type in (*WELL_KNOWN_TYPES, *event_types):
         t = type_name(event_type)
         out[f"{t}_total"] = 0
         out[f"days_since_{t}"] = NEVER

@@ -197,6 +197,7 @@ class Catalogue:
     actions: Mapping[str, CompiledAction]
     by_placement: Mapping[str, tuple[CompiledAction, ...]]
     source: str
+    event_types: tuple[str, ...] = ()  # declared custom types, as feature names use them
 
     def public(self) -> dict[str, Any]:
         """What ``GET /v1/actions`` shows."""
@@ -543,4 +544,5 @@ def load(path: Path, features: Collection[str]) -> Catalogue:
         actions=compiled,
         by_placement=by_placement,
         source=str(path),
+        event_types=tuple(sorted(event_types)),
     )

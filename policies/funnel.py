@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 from policies import holdout
 from policies.catalogue import Catalogue, CompiledAction, Limit
 from policies.exploration import draw, probabilities
-from policies.rules import RuleEvaluationError
+from policies.rules import RuleEvaluationError, RuleScope
 
 Status = Literal["chosen", "not_chosen", "ineligible", "no_consent", "capped", "suppressed", "holdout"]
 ContactKind = Literal["served", "dismiss", "conversion"]
@@ -219,13 +219,14 @@ def decide(
     treatment: list[_Candidate] = []  # what a treatment customer would be offered
     served: list[_Candidate] = []  # what this customer may be offered
     applicable = catalogue.by_placement.get(placement, ())
+    rules = RuleScope(situation.features, situation.context)
     for action in catalogue.actions.values():
         if placement not in action.spec.placements:
             verdicts[action.id] = Verdict(action.id, "ineligible", f"not offered on {placement}")
     for action in applicable:
         a = action.spec
         try:
-            holds = action.rule.evaluate(situation.features, situation.context)
+            holds = rules.holds(action.rule)
         except RuleEvaluationError as exc:
             verdicts[a.id] = Verdict(a.id, "ineligible", f"rule could not be evaluated: {exc}")
             continue
