@@ -16,23 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 
 import httpx
 
-from feature_store.embedded import free_port
+from load_tests.service import percentile, running_service
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def _timed_ms(request: httpx.Request, client: httpx.Client, status: int) -> float:
+    start = time.perf_counter()
+    response = client.send(request)
+    elapsed = (time.perf_counter() - start) * 1000
+    assert response.status_code == status, response.text
+    return elapsed
 
 
 def main() -> None:
@@ -42,82 +40,59 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=2000)
     args = parser.parse_args()
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
-    data_dir = tempfile.mkdtemp(prefix="nba-bench-")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data-dir", data_dir],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=10) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("the service did not become ready")
-                time.sleep(0.1)
-
-            single_ms = []
-            for i in range(args.singles):
-                body = {
-                    "event_id": uuid.uuid4().hex,
-                    "customer_id": f"c-{i % 1000}",
-                    "type": "product_view",
-                    "properties": {"item_id": f"sku-{i % 50}", "page": f"/p/sku-{i % 50}"},
-                }
-                start = time.perf_counter()
-                response = client.post("/v1/events", json=body)
-                single_ms.append((time.perf_counter() - start) * 1000)
-                assert response.status_code == 202, response.text
-
-            batch_s = []
-            for b in range(args.batches):
-                events = [
-                    {
-                        "event_id": f"{b}-{i}",
-                        "customer_id": f"c-{i}",
-                        "type": "page_view",
-                        "properties": {"page": "/"},
-                    }
-                    for i in range(500)
-                ]
-                start = time.perf_counter()
-                response = client.post("/v1/events", json={"events": events})
-                batch_s.append(time.perf_counter() - start)
-                assert response.json()["accepted"] == 500, response.text
-
-            read_ms = []
-            for i in range(args.reads):
-                start = time.perf_counter()
-                response = client.get(f"/v1/customers/c-{i % 1000}")
-                read_ms.append((time.perf_counter() - start) * 1000)
-                assert response.status_code == 200
-
-        print(
-            json.dumps(
-                {
-                    "single_event_ms": {
-                        "p50": round(statistics.median(single_ms), 3),
-                        "p95": round(_percentile(single_ms, 0.95), 3),
+    with running_service() as service, httpx.Client(base_url=service.base_url, timeout=10) as client:
+        single_ms = [
+            _timed_ms(
+                client.build_request(
+                    "POST",
+                    "/v1/events",
+                    json={
+                        "event_id": uuid.uuid4().hex,
+                        "customer_id": f"c-{i % 1000}",
+                        "type": "product_view",
+                        "properties": {"item_id": f"sku-{i % 50}", "page": f"/p/sku-{i % 50}"},
                     },
-                    "batch_500_ms_p50": round(statistics.median(batch_s) * 1000, 2),
-                    "batched_events_per_s_at_median": round(500 / statistics.median(batch_s)),
-                    "profile_read_ms_p50": round(statistics.median(read_ms), 3),
-                    "requests": {"singles": args.singles, "batches": args.batches, "reads": args.reads},
-                }
+                ),
+                client,
+                202,
             )
+            for i in range(args.singles)
+        ]
+        batch_ms = [
+            _timed_ms(
+                client.build_request(
+                    "POST",
+                    "/v1/events",
+                    json={
+                        "events": [
+                            {"event_id": f"{b}-{i}", "customer_id": f"c-{i}", "type": "page_view"}
+                            for i in range(500)
+                        ]
+                    },
+                ),
+                client,
+                202,
+            )
+            for b in range(args.batches)
+        ]
+        read_ms = [
+            _timed_ms(client.build_request("GET", f"/v1/customers/c-{i % 1000}"), client, 200)
+            for i in range(args.reads)
+        ]
+    print(
+        json.dumps(
+            {
+                "single_event_ms": {
+                    "p50": round(statistics.median(single_ms), 3),
+                    "p95": round(percentile(single_ms, 0.95), 3),
+                },
+                "batch_500_ms_p50": round(statistics.median(batch_ms), 2),
+                "batched_events_per_s_at_median": round(500 / (statistics.median(batch_ms) / 1000)),
+                "profile_read_ms_p50": round(statistics.median(read_ms), 3),
+                "requests": {"singles": args.singles, "batches": args.batches, "reads": args.reads},
+            }
         )
-    finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=15)
+    )
 
 
 if __name__ == "__main__":
