@@ -4,7 +4,7 @@ Starts ``nba serve`` on its embedded Redis with the shipped catalogue (one worke
 posts ``/v1/decide`` calls one after another, each carrying the page view that prompted it, for 1000
 customers on the web and chat placements, and reports the median and p95 latency seen by the client,
 and the service's own decision latency from the decision log (``latency_ms``: from the start of the
-decision to the moment it is recorded: the event applied and the profile read, then the policy).
+decision to its recording round trip: the event applied and the profile read, then the policy).
 Figures print as one JSON line. Sequential load: latencies of an idle service, not its capacity.
 """
 
