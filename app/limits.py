@@ -39,7 +39,8 @@ class BodyLimits:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._refuse(send, 413, "payload_too_large", self._too_large())
             return
-        if (length is None or length != "0") and not _is_json(headers.get("content-type", "")):
+        has_body = (length is not None and length != "0") or "transfer-encoding" in headers
+        if has_body and not _is_json(headers.get("content-type", "")):
             await self._refuse(
                 send,
                 415,

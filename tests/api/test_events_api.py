@@ -52,3 +52,13 @@ async def test_ids_with_slashes_can_be_read_and_erased(client: httpx.AsyncClient
     assert profile.json()["id"] == "shop/eu/42"
     assert (await client.delete("/v1/customers/shop%2Feu%2F42")).status_code == 204
     assert (await client.get("/v1/customers/shop/eu/42")).status_code == 404
+
+
+async def test_a_post_without_a_body_needs_no_content_type(client: httpx.AsyncClient) -> None:
+    """`curl -X POST .../v1/admin/reload` sends neither a body nor Content-Length nor Content-Type."""
+    request = client.build_request("POST", "/v1/admin/reload")
+    request.headers.pop("content-length", None)
+    assert "content-type" not in request.headers
+    response = await client.send(request)
+    assert response.status_code == 200, response.text
+    assert response.json()["actions"] > 0
