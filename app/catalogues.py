@@ -10,6 +10,7 @@ stays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import structlog
@@ -26,6 +27,7 @@ class Catalogues:
         self.path = path or default_path()
         self.live: Catalogue = load(self.path, feature_names())
         self._generation: str | None = None
+        self._unannounced = False  # a reload made here that the other workers have not heard of
 
     def reload(self) -> Catalogue:
         """Load the files again; raises :class:`CatalogueInvalid` and keeps the live one if they are bad."""
@@ -33,14 +35,34 @@ class Catalogues:
         log.info("catalogue_loaded", version=self.live.version, actions=len(self.live.actions))
         return self.live
 
-    async def announce(self, store: ProfileStore) -> None:
-        self._generation = await store.bump_catalogue_generation()
+    async def start(self, store: ProfileStore) -> None:
+        """Note the reload generation before serving: a reload announced from then on is one to follow.
+
+        Without it the watcher would note the generation only at its first look, and take a reload
+        announced before that (by a worker that started a moment earlier) as the generation it began at.
+        """
+        with contextlib.suppress(StoreUnavailable):  # the watcher notes it once the store answers
+            self._generation = await store.catalogue_generation()
+
+    async def tell_others(self, store: ProfileStore) -> bool:
+        """Announce a reload made here to the other workers. When the store is down, returns ``False``
+        and the watcher announces it once the store is back."""
+        self._unannounced = True
+        try:
+            self._generation = await store.bump_catalogue_generation()
+        except StoreUnavailable:
+            log.warning("catalogue_reload_not_announced_yet")
+            return False
+        self._unannounced = False
+        return True
 
     async def watch(self, store: ProfileStore, every_s: float = 1.0) -> None:
         """Reload when another worker announced a reload. Runs until cancelled."""
         while True:
             await asyncio.sleep(every_s)
             try:
+                if self._unannounced:
+                    await self.tell_others(store)
                 generation = await store.catalogue_generation()
                 if self._generation is None:
                     self._generation = generation

@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
                 await store.load_scripts()
             except StoreUnavailable as exc:  # the store may come later; /readyz tells
                 log.warning("store_not_ready_at_start", error=str(exc))
+            await catalogues.start(store)
             log.info("service_started", open=services.keys.open, catalogue=catalogues.live.version)
             async with asyncio.TaskGroup() as background:
                 watcher = background.create_task(catalogues.watch(store, settings.catalogue_watch_s))

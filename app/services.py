@@ -342,8 +342,8 @@ class Services:
                 f"NBA_DECISION_TTL_HOURS ({self.settings.decision_ttl_hours}h)",
                 code="decision_not_found",
             )
+        # Only what was served: a control customer never saw the counterfactual, so cannot dismiss it.
         served = {a["action_id"]: a for a in json.loads(summary["actions"])}
-        served.update({a["action_id"]: a for a in json.loads(summary.get("counterfactual", "[]"))})
         if item.action_id not in served:
             raise InvalidInput(
                 f"action {item.action_id!r} was not part of decision {item.decision_id!r} "

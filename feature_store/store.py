@@ -185,6 +185,7 @@ class ProfileStore:
         self._clock = clock
         self._apply_src = _lua("apply.lua")
         self._link = client.register_script(_lua("link.lua"))
+        self._contact_src = _lua("contact.lua")
         self._apply_sha: str | None = None
 
     @classmethod
@@ -279,8 +280,8 @@ class ProfileStore:
                 pipe.hsetnx(target_keys.profile, "g", record.group)
             for action_id, withheld in record.held_out.items():
                 pipe.hsetnx(target_keys.profile, f"h:{action_id}", "1" if withheld else "0")
-            if record.group is not None or record.held_out:
-                pipe.pexpire(target_keys.profile, config.profile_ttl_ms)
+            # A decision is activity: the profile (and its holdout assignments) lives on from here.
+            pipe.pexpire(target_keys.profile, config.profile_ttl_ms)
             if record.served:
                 pipe.zadd(target_keys.contacts, {c.member(): c.time_ms for c in record.served})
                 pipe.zremrangebyscore(target_keys.contacts, "-inf", f"({now - config.contacts_ms}")
@@ -312,13 +313,29 @@ class ProfileStore:
                 return False
             async with self._redis.pipeline(transaction=False) as pipe:
                 if contact is not None:
-                    target_keys = ProfileKeys.parse(log["customer"])
-                    pipe.zadd(target_keys.contacts, {contact.member(): contact.time_ms})
-                    pipe.pexpire(target_keys.contacts, self._config.profile_ttl_ms)
+                    pipe.eval(
+                        self._contact_src, 3, *self._contact_call(ProfileKeys.parse(log["customer"]), contact)
+                    )
                 entry: dict[Any, Any] = dict(log)
                 pipe.xadd(keys.OUTCOME_LOG, entry, maxlen=self._config.log_max, approximate=True)
-                await pipe.execute()
+                added = await pipe.execute()
+            if contact is not None and added[0][0] == "redirect":
+                # Decided for a visitor who has since been linked: the customer's history counts it.
+                await self._redis.eval(
+                    self._contact_src, 3, *self._contact_call(keys.customer(added[0][1]), contact)
+                )
         return True
+
+    def _contact_call(self, target_keys: ProfileKeys, contact: ContactRecord) -> list[Any]:
+        """KEYS and ARGV of ``contact.lua``."""
+        return [
+            target_keys.profile,
+            target_keys.contacts,
+            target_keys.alias,
+            contact.member(),
+            contact.time_ms,
+            self._config.profile_ttl_ms,
+        ]
 
     async def link(self, anonymous_id: str, customer_id: str) -> bool:
         """Link an anonymous visitor to a customer and merge the visitor's profile into the customer's.

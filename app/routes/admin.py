@@ -25,9 +25,9 @@ async def post_reload(services: ServicesDep) -> dict[str, Any]:
             code="invalid_catalogue",
             fields=[{"field": f"{p.file}: {p.where}", "problem": p.problem} for p in exc.problems],
         ) from exc
-    await services.catalogues.announce(services.store)
     return {
         "version": catalogue.version,
         "placements": len(catalogue.placements),
         "actions": len(catalogue.actions),
+        "announced": await services.catalogues.tell_others(services.store),
     }
