@@ -268,12 +268,13 @@ class Services:
             "actions": _json(chosen),
             "counterfactual": _json(counterfactual),
         }
+        # The learner reads what the policy saw from the summary when the reward comes in.
+        summary["features"] = _json(_logged_features(situation.features))
+        summary["context"] = _json(body.context)
         entry = {
             "decision_id": decision_id,
             **summary,
             "eligible": _json(decision.eligible),
-            "features": _json(_logged_features(situation.features)),
-            "context": _json(body.context),
             "catalogue_version": catalogue_version,
             "model_version": decision.model_version,
             "latency_ms": f"{latency_ms:.3f}",

@@ -17,6 +17,10 @@ key                         type    holds                                       
                                                                                             the dedupe
                                                                                             window
 ``nba:{c:ID}:s``            set     anonymous ids merged into this customer                 inactivity
+``nba:{c:ID}:pu``           zset    purchases: "time|revenue|event", scored by time (ms),   inactivity;
+                                    for attributing them to decisions                      members
+                                                                                            pruned after
+                                                                                            31 days
 ``nba:{c:ID}:k``            zset    contacts: "decision|action|channel|kind" (served,       inactivity;
                                     dismiss, conversion), scored by time (ms)               members
                                                                                             pruned after
@@ -27,10 +31,18 @@ key                         type    holds                                       
 Global keys (one each, or one per decision):
 
 ==========================  ======  =====================================================  ==========
-``nba:decisions``           stream  the decision log: what each decision saw and chose      capped at
+``nba:{l}:decisions``       stream  the decision log: what each decision saw and chose      capped at
                                                                                             NBA_DECISION
                                                                                             _LOG_MAX
-``nba:outcomes``            stream  outcomes reported for decisions                         same cap
+``nba:{l}:outcomes``        stream  outcomes reported for decisions                         same cap
+``nba:{l}:rewards``         stream  each served (and counterfactual) action's reward, once  same cap
+                                                                                            its window
+                                                                                            closed
+``nba:{l}:pending``         zset    "decision|action" awaiting its reward, scored by the    when learned
+                                    close of its attribution window (ms)
+``nba:{l}:model``           string  the published model snapshot (JSON)                    never
+``nba:{l}:model:version``   string  its version, polled by every worker                     never
+``nba:{l}:lock``            string  held by the one running learner                         seconds
 ``nba:dec:DECISION``        hash    who a decision was for and what it served, and the      NBA_DECISION
                                     outcomes reported (for idempotency)                     _TTL_HOURS
 ``nba:catalogue:gen``       string  bumped by a reload, so every worker reloads             never
@@ -109,6 +121,10 @@ class ProfileKeys:
         return f"{self.tag}:k"
 
     @property
+    def purchases(self) -> str:
+        return f"{self.tag}:pu"
+
+    @property
     def ref(self) -> str:
         """The profile as one string, ``c:<id>`` or ``a:<id>`` (the form logs and decisions use)."""
         return f"{self.kind.value}:{self.id}"
@@ -124,12 +140,21 @@ class ProfileKeys:
 
     def data_keys(self) -> list[str]:
         """Everything that holds this profile's data (not the alias pointer)."""
-        return [self.profile, self.windows, self.cart, self.recent, self.dedupe, self.aliases, self.contacts]
+        return [
+            self.profile, self.windows, self.cart, self.recent, self.dedupe, self.aliases, self.contacts,
+            self.purchases,
+        ]  # fmt: skip
 
 
-KEYS_PER_PROFILE: Final = 8
-DECISION_LOG: Final = f"{PREFIX}:decisions"
-OUTCOME_LOG: Final = f"{PREFIX}:outcomes"
+KEYS_PER_PROFILE: Final = 9
+# The learner's keys share the hash tag {l}, so that it can move them together in one transaction.
+DECISION_LOG: Final = f"{PREFIX}:{{l}}:decisions"
+OUTCOME_LOG: Final = f"{PREFIX}:{{l}}:outcomes"
+PENDING: Final = f"{PREFIX}:{{l}}:pending"
+MODEL: Final = f"{PREFIX}:{{l}}:model"
+MODEL_VERSION: Final = f"{PREFIX}:{{l}}:model:version"
+REWARDS: Final = f"{PREFIX}:{{l}}:rewards"
+LEARNER_LOCK: Final = f"{PREFIX}:{{l}}:lock"
 CATALOGUE_GENERATION: Final = f"{PREFIX}:catalogue:gen"
 
 

@@ -78,6 +78,7 @@ class RawProfile:
     dedupe: tuple[tuple[str, float], ...] = ()
     aliases: frozenset[str] = frozenset()
     contacts: tuple[tuple[str, float], ...] = ()
+    purchases: tuple[tuple[str, float], ...] = ()
 
     @property
     def exists(self) -> bool:
@@ -330,6 +331,7 @@ def merge(known: RawProfile, anon: RawProfile) -> RawProfile:
         dedupe=_merge_scored(known.dedupe, anon.dedupe),
         aliases=known.aliases | anon.aliases,
         contacts=_merge_scored(known.contacts, anon.contacts),
+        purchases=_merge_scored(known.purchases, anon.purchases),
     )
 
 

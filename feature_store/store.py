@@ -125,10 +125,11 @@ def _raw(
     dedupe: tuple[tuple[str, float], ...] = (),
     aliases: frozenset[str] = frozenset(),
     contacts: tuple[tuple[str, float], ...] = (),
+    purchases: tuple[tuple[str, float], ...] = (),
 ) -> RawProfile:
     """A profile from a script's reply: the hashes as flat [field, value, ...] lists."""
     return RawProfile(
-        _pairs(profile), _pairs(windows), _pairs(cart), _scored(recent), dedupe, aliases, contacts
+        _pairs(profile), _pairs(windows), _pairs(cart), _scored(recent), dedupe, aliases, contacts, purchases
     )
 
 
@@ -354,7 +355,9 @@ class ProfileStore:
             )
             if taken[0] == "conflict":
                 raise IdentityConflict(anonymous_id, taken[1])
-            anon = _raw(*taken[2:6], dedupe=_scored(taken[6]), contacts=_scored(taken[7]))
+            anon = _raw(
+                *taken[2:6], dedupe=_scored(taken[6]), contacts=_scored(taken[7]), purchases=_scored(taken[8])
+            )
             merged = await self._merge_into(known_keys, anonymous_id, anon, fresh=taken[1] == 1)
             await self._redis.delete(*anon_keys.data_keys())
         return merged
@@ -379,6 +382,7 @@ class ProfileStore:
                         recent=_scored(await pipe.zrange(known_keys.recent, 0, -1, withscores=True)),
                         dedupe=_scored(await pipe.zrange(known_keys.dedupe, 0, -1, withscores=True)),
                         contacts=_scored(await pipe.zrange(known_keys.contacts, 0, -1, withscores=True)),
+                        purchases=_scored(await pipe.zrange(known_keys.purchases, 0, -1, withscores=True)),
                     )
                     result = merge(known, anon) if anon.exists else known
                     pipe.multi()  # type: ignore[no-untyped-call]
@@ -404,6 +408,8 @@ class ProfileStore:
             pipe.zadd(target_keys.dedupe, dict(raw.dedupe))
         if raw.contacts:
             pipe.zadd(target_keys.contacts, dict(raw.contacts))
+        if raw.purchases:
+            pipe.zadd(target_keys.purchases, dict(raw.purchases))
         pipe.sadd(target_keys.aliases, anonymous_id)
         for key in target_keys.data_keys():
             pipe.pexpire(key, ttl)

@@ -111,6 +111,21 @@ class Placement(_Model):
     limit: int = Field(1, ge=1, le=10)
     fallback: tuple[Name, ...] = ()
     description: str = ""
+    reward: Literal["click", "conversion", "value"] = Field(
+        "click",
+        description="What the models learn as success: a click, a conversion, or the conversion's value.",
+    )
+    attribution: Duration = Field(
+        30 * 60_000, description="How long after a decision its outcomes and purchases count (e.g. 30m, 3d)."
+    )
+    exploration: Exploration | None = Field(None, description="Overrides the catalogue's exploration here.")
+
+    @field_validator("attribution")
+    @classmethod
+    def _attribution_in_range(cls, value: int) -> int:
+        if not 1_000 <= value <= 30 * 86_400_000:
+            raise ValueError("attribution is between 1s and 30d")
+        return value
 
 
 class Action(_Model):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from policies import holdout
-from policies.catalogue import Catalogue, CompiledAction, Limit
+from policies.catalogue import Catalogue, CompiledAction, Exploration, Limit
 from policies.exploration import draw, probabilities
 from policies.rules import RuleEvaluationError, RuleScope
 
@@ -181,10 +181,10 @@ class _Candidate:
 
 
 def _choices(
-    candidates: Sequence[_Candidate], catalogue: Catalogue, k: int, rng: random.Random
+    candidates: Sequence[_Candidate], exploration: Exploration, k: int, rng: random.Random
 ) -> tuple[tuple[Choice, ...], dict[str, float]]:
     priorities = [c.priority for c in candidates]
-    drawn = draw(priorities, catalogue.exploration, k, rng)
+    drawn = draw(priorities, exploration, k, rng)
     chosen = tuple(
         Choice(
             candidates[i].action.id,
@@ -195,7 +195,7 @@ def _choices(
         )
         for i, probability in drawn
     )
-    first = probabilities(priorities, catalogue.exploration)
+    first = probabilities(priorities, exploration)
     return chosen, {c.action.id: p for c, p in zip(candidates, first, strict=True)}
 
 
@@ -264,11 +264,12 @@ def decide(
             )
         else:
             served.append(candidate)
-    chosen, eligible = _choices(served, catalogue, k, rng)
+    exploration = spec.exploration or catalogue.exploration
+    chosen, eligible = _choices(served, exploration, k, rng)
     counterfactual: tuple[Choice, ...] = ()
     if group == holdout.CONTROL:
         # Drawn from its own generator, so that the served draw is the same with or without it.
-        counterfactual, _ = _choices(treatment, catalogue, k, random.Random(rng.random()))
+        counterfactual, _ = _choices(treatment, exploration, k, random.Random(rng.random()))
     chosen_ids = {c.action_id: c for c in chosen}
     for candidate in served:
         action_id = candidate.action.id

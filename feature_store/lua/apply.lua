@@ -1,6 +1,6 @@
 -- Apply events to one or more profiles and, if asked, read them back: one round trip.
 --
--- KEYS: 8 per profile, in ProfileKeys.script_keys() order: p, w, cart, r, d, s, k, alias.
+-- KEYS: 9 per profile, in ProfileKeys.script_keys() order: p, w, cart, r, d, s, k, pu, alias.
 -- ARGV[1] now (ms)   ARGV[2] inactivity TTL (ms)   ARGV[3] dedupe window (ms)
 -- ARGV[4] windows, "code:bucket_ms:buckets,..."     ARGV[5] "1" to read the profiles back
 -- ARGV[6] contact history kept (ms)
@@ -93,7 +93,7 @@ end
 
 -- The purchased lines leave the cart: those named, or all of them; lines changed after the purchase stay.
 -- Without a revenue, the value of the lines that left is the revenue.
-local function apply_purchase(p, cart, ev)
+local function apply_purchase(p, cart, pu, ev)
   local bought = 0
   local function take(item, raw)
     local q, price, changed = parse_item(raw)
@@ -112,8 +112,12 @@ local function apply_purchase(p, cart, ev)
     for i = 1, #flat, 2 do take(flat[i], flat[i + 1]) end
     set_max(p, "cart_cleared", ev.t)
   end
+  local revenue = ev.rev or string.format("%.2f", bought)
   redis.call("HINCRBY", p, "orders", 1)
-  redis.call("HINCRBYFLOAT", p, "revenue", ev.rev or string.format("%.2f", bought))
+  redis.call("HINCRBYFLOAT", p, "revenue", revenue)
+  -- Kept a month, for attributing purchases to the decisions whose window they fall in.
+  redis.call("ZADD", pu, fmt(ev.t), fmt(ev.t) .. "|" .. revenue .. "|" .. ev.m)
+  redis.call("ZREMRANGEBYSCORE", pu, "-inf", "(" .. fmt(now - 31 * 86400000))
   set_min(p, "first_purchase", ev.t)
   set_max(p, "cart_changed", ev.t)
 end
@@ -140,8 +144,8 @@ local function prune_windows(p, w)
 end
 
 local function apply(base, events_json)
-  local p, w, cart, r, d, s, k, alias = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4],
-    KEYS[base + 5], KEYS[base + 6], KEYS[base + 7], KEYS[base + 8]
+  local p, w, cart, r, d, s, k, pu, alias = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4],
+    KEYS[base + 5], KEYS[base + 6], KEYS[base + 7], KEYS[base + 8], KEYS[base + 9]
   local linked = redis.call("GET", alias)
   if linked then
     -- A link lives as long as it is used: renew it like any other key of the customer.
@@ -174,7 +178,7 @@ local function apply(base, events_json)
       if ev.item then
         apply_cart(p, cart, ev)
       elseif ev.y == "purchase" then
-        apply_purchase(p, cart, ev)
+        apply_purchase(p, cart, pu, ev)
       end
       if ev.ch then
         set_latest(p, "c:" .. ev.ch, ev.t, ev.g)
@@ -189,7 +193,7 @@ local function apply(base, events_json)
   if accepted > 0 then
     redis.call("ZREMRANGEBYRANK", r, 0, -21)
     prune_windows(p, w)
-    for _, key in ipairs({p, w, cart, r, d, s, k}) do
+    for _, key in ipairs({p, w, cart, r, d, s, k, pu}) do
       redis.call("PEXPIRE", key, ttl)
     end
   end
@@ -203,7 +207,7 @@ local function apply(base, events_json)
 end
 
 local results = {}
-for i = 0, (#KEYS / 8) - 1 do
-  results[#results + 1] = apply(i * 8, ARGV[7 + i])
+for i = 0, (#KEYS / 9) - 1 do
+  results[#results + 1] = apply(i * 9, ARGV[7 + i])
 end
 return results
