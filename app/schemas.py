@@ -334,6 +334,9 @@ class VerdictOut(BaseModel):
     reason: str
     probability: float | None = None
     propensity: float | None = None
+    maturity: Literal["cold", "learning", "mature"] | None = Field(
+        None, description="How much evidence the propensity rests on (docs/learning.md)."
+    )
     score: float | None = None
 
 

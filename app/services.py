@@ -36,7 +36,7 @@ from feature_store import keys as store_keys
 from feature_store.features import NEVER, features
 from feature_store.profile import ContactRecord
 from feature_store.store import DecisionRecord, Ingested
-from models.prior import PriorScorer
+from models.snapshot import LinearScorer
 from policies import funnel
 from policies.funnel import Choice, Decision, Scorer, Situation
 
@@ -101,7 +101,7 @@ class Services:
     keys: KeyRing
     catalogues: Catalogues
     clock: Clock = time.time
-    scorer: Scorer = field(default_factory=PriorScorer)
+    scorer: Scorer = field(default_factory=LinearScorer)
 
     def _events(self, body: EventIn | EventBatchIn) -> list[Event]:
         items = body.events if isinstance(body, EventBatchIn) else [body]
@@ -325,6 +325,7 @@ class Services:
                         "reason": v.reason,
                         "probability": v.probability,
                         "propensity": v.propensity,
+                        "maturity": v.maturity,
                         "score": v.priority,
                     }
                     for v in decision.verdicts

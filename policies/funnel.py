@@ -42,8 +42,19 @@ class Scorer(Protocol):
     def version(self) -> str: ...
 
     def propensity(
-        self, action: CompiledAction, features: Mapping[str, Any], context: Mapping[str, Any]
-    ) -> float: ...
+        self,
+        action: CompiledAction,
+        features: Mapping[str, Any],
+        context: Mapping[str, Any],
+        placement: str,
+        now_ms: int,
+    ) -> float:
+        """The probability that this customer responds to the action here and now."""
+        ...
+
+    def maturity(self, action_id: str) -> str:
+        """``cold``, ``learning`` or ``mature``: how much evidence the propensity rests on."""
+        ...
 
 
 class Contact(Protocol):
@@ -83,6 +94,7 @@ class Verdict:
     probability: float | None = None
     propensity: float | None = None
     priority: float | None = None
+    maturity: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +261,9 @@ def decide(
         if withheld:
             verdicts[a.id] = Verdict(a.id, "holdout", f"in this action's {a.holdout:.0%} holdout")
             continue
-        propensity = scorer.propensity(action, situation.features, situation.context)
+        propensity = scorer.propensity(
+            action, situation.features, situation.context, placement, situation.now_ms
+        )
         candidate = _Candidate(
             action, propensity, propensity * _context_weight(action, situation.context) * a.value * a.levers
         )
@@ -261,6 +275,7 @@ def decide(
                 "customer is in the control group",
                 propensity=propensity,
                 priority=candidate.priority,
+                maturity=scorer.maturity(a.id),
             )
         else:
             served.append(candidate)
@@ -281,6 +296,7 @@ def decide(
             probability=choice.probability if choice else eligible[action_id],
             propensity=candidate.propensity,
             priority=candidate.priority,
+            maturity=scorer.maturity(action_id),
         )
     return Decision(
         group=group,

@@ -12,7 +12,7 @@ import pytest
 
 from feature_store.features import feature_names, features
 from feature_store.profile import ContactRecord
-from models.prior import PriorScorer
+from models.snapshot import LinearScorer
 from policies import holdout
 from policies.catalogue import Catalogue, Exploration, load
 from policies.exploration import draw, probabilities
@@ -52,7 +52,7 @@ def served(action: str, channel: str, ago_ms: int, kind: str = "served") -> Cont
 
 
 def statuses(c: Catalogue, placement: str, s: Situation) -> dict[str, tuple[str, str]]:
-    d = decide(c, placement, s, PriorScorer(), random.Random(7))
+    d = decide(c, placement, s, LinearScorer(), random.Random(7))
     return {v.action_id: (v.status, v.reason) for v in d.verdicts}
 
 
@@ -129,7 +129,7 @@ def test_cooldown_suppression_and_conversion(fixture_catalogue: Catalogue) -> No
 
 def test_control_gets_only_exempt_actions_and_logs_the_counterfactual(fixture_catalogue: Catalogue) -> None:
     s = situation(faq_view_30m=2, group="control")
-    d = decide(fixture_catalogue, "web.faq", s, PriorScorer(), random.Random(3))
+    d = decide(fixture_catalogue, "web.faq", s, LinearScorer(), random.Random(3))
     assert [c.action_id for c in d.chosen] == ["service_notice"]
     assert [c.action_id for c in d.counterfactual] == ["proactive_chat", "service_notice"]
     verdicts = {v.action_id: v.status for v in d.verdicts}
@@ -138,34 +138,34 @@ def test_control_gets_only_exempt_actions_and_logs_the_counterfactual(fixture_ca
 
 def test_the_served_draw_is_the_same_with_or_without_a_counterfactual(fixture_catalogue: Catalogue) -> None:
     s = situation(faq_view_30m=2, group="treatment")
-    a = decide(fixture_catalogue, "web.faq", s, PriorScorer(), random.Random(11))
-    b = decide(fixture_catalogue, "web.faq", s, PriorScorer(), random.Random(11))
+    a = decide(fixture_catalogue, "web.faq", s, LinearScorer(), random.Random(11))
+    b = decide(fixture_catalogue, "web.faq", s, LinearScorer(), random.Random(11))
     assert a == b
 
 
 def test_a_persisted_group_wins_over_a_new_share(tmp_path: Path) -> None:
     c = catalogue(tmp_path, BASE.replace("share: 0.0", "share: 1.0"))
     assert (
-        decide(c, "web.home", situation(group="treatment"), PriorScorer(), random.Random(1)).group
+        decide(c, "web.home", situation(group="treatment"), LinearScorer(), random.Random(1)).group
         == "treatment"
     )
-    first_sight = decide(c, "web.home", situation(group=None), PriorScorer(), random.Random(1))
+    first_sight = decide(c, "web.home", situation(group=None), LinearScorer(), random.Random(1))
     assert (first_sight.group, first_sight.assigned_group) == ("control", "control")
 
 
 def test_per_action_holdout_is_assigned_once_and_then_kept(tmp_path: Path) -> None:
     c = catalogue(tmp_path, TEMPLATE.replace("holdout_share_here", "1.0"))
-    d = decide(c, "web.home", situation(), PriorScorer(), random.Random(1))
+    d = decide(c, "web.home", situation(), LinearScorer(), random.Random(1))
     assert d.assigned_holdouts == {"a": True}
     assert {v.action_id: v.status for v in d.verdicts}["a"] == "holdout"
-    kept = decide(c, "web.home", situation(held_out={"a": False}), PriorScorer(), random.Random(1))
+    kept = decide(c, "web.home", situation(held_out={"a": False}), LinearScorer(), random.Random(1))
     assert kept.assigned_holdouts == {}
     assert [ch.action_id for ch in kept.chosen] == ["a"]
 
 
 def test_priority_multiplies_propensity_context_weight_value_and_levers(tmp_path: Path) -> None:
     c = catalogue(tmp_path, BASE)
-    d = decide(c, "web.home", situation(context={"device": "mobile"}), PriorScorer(), random.Random(1))
+    d = decide(c, "web.home", situation(context={"device": "mobile"}), LinearScorer(), random.Random(1))
     [choice] = d.chosen
     assert choice.priority == pytest.approx(0.2 * 1.5 * 4.0 * 0.5)
 
