@@ -1,7 +1,10 @@
 """The ``nba`` command.
 
 ``nba serve`` runs the API. With no ``NBA_REDIS_URL`` it first starts a private redis-server with
-persistence in the data folder and hands its address to every worker; on exit it stops it.
+persistence in the data folder and hands its address to every worker, and runs a learner beside
+them; on exit it stops both.
+
+``nba learn`` runs the learner (models/learner.py) against ``NBA_REDIS_URL``: one per deployment.
 
 ``nba check [PATH]`` checks a catalogue folder (by default ``NBA_POLICIES``, else the shipped one) as
 the service would load it, and prints every problem, one per line: ``file: where: problem``. Exit
@@ -11,10 +14,15 @@ status 0 when it is valid, 1 when it is not.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from app.settings import Settings
 
@@ -54,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from feature_store.embedded import EmbeddedRedis, EmbeddedRedisError
 
-    embedded = None
+    embedded = learner = None
     if settings.redis_url is None:
         try:
             embedded = EmbeddedRedis(settings.data_dir, fsync=settings.embedded_fsync).start()
@@ -64,6 +72,8 @@ def _serve(args: argparse.Namespace) -> int:
         # Every worker (a separate process) reads its settings from the environment.
         os.environ["NBA_REDIS_URL"] = embedded.url
         print(f"nba serve: embedded Redis with data in {embedded.data_dir}", file=sys.stderr)
+        # One command runs everything: the learner too, as its own process (the one writer of models).
+        learner = subprocess.Popen([sys.executable, "-m", "app.cli", "learn"], stdin=subprocess.DEVNULL)
     try:
         uvicorn.run(
             "app.main:create_app",
@@ -76,9 +86,80 @@ def _serve(args: argparse.Namespace) -> int:
             proxy_headers=True,
         )
     finally:
+        if learner is not None:
+            learner.send_signal(signal.SIGTERM)
+            try:
+                learner.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                learner.kill()
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _learn(_: argparse.Namespace) -> int:
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        print(f"nba learn: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    if settings.redis_url is None:
+        print(
+            "nba learn: set NBA_REDIS_URL to the Redis the service uses (nba serve on its embedded Redis "
+            "runs its own learner)",
+            file=sys.stderr,
+        )
+        return 2
+    from policies.catalogue import CatalogueInvalid
+
+    try:
+        return asyncio.run(_run_learner(settings))
+    except CatalogueInvalid as exc:
+        print(f"nba learn: the catalogue is invalid:\n{exc}", file=sys.stderr)
+        return 2
+
+
+async def _run_learner(settings: Settings) -> int:
+    from app import logging as app_logging
+    from app.catalogues import Catalogues
+    from app.services import store_config
+    from feature_store import ProfileStore
+    from models.learner import Learner
+
+    app_logging.configure(settings.log_format)
+    catalogues = Catalogues(settings.policies)
+    store = ProfileStore.connect(settings.redis_url or "", store_config(settings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    learner = Learner(
+        store.learning(),
+        lambda: catalogues.live,
+        publish_every_s=settings.learner_publish_s,
+        log_max=settings.decision_log_max,
+    )
+    try:
+        async with asyncio.TaskGroup() as background:
+            watcher = background.create_task(catalogues.watch(store, settings.catalogue_watch_s))
+            await _learn_until(learner, stop)
+            watcher.cancel()
+    finally:
+        await store.aclose()
+    return 0
+
+
+async def _learn_until(learner: Any, stop: asyncio.Event) -> None:
+    """Run the learner; while the store is away, wait and try again rather than die."""
+    from feature_store import StoreUnavailable
+
+    while not stop.is_set():
+        try:
+            await learner.run(stop)
+        except StoreUnavailable as exc:
+            print(f"nba learn: the store is unavailable ({exc}); retrying", file=sys.stderr)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -109,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--policies", type=Path, help="catalogue folder (default: NBA_POLICIES, else the shipped one)"
     )
     serve.add_argument("--data-dir", type=Path, help="embedded Redis data folder (default ./nba-data)")
+    sub.add_parser("learn", help="run the learner (the one writer of the models) against NBA_REDIS_URL")
     check = sub.add_parser("check", help="check a catalogue folder and list every problem")
     check.add_argument(
         "path",
@@ -121,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "check":
         return _check(args)
+    if args.command == "learn":
+        return _learn(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -19,6 +19,7 @@ from app.limits import BodyLimits
 from app.routes import admin, customers, decisions, events, health
 from app.services import Services, store_config
 from app.settings import Settings
+from app.snapshots import Models
 from feature_store import ProfileStore, StoreUnavailable
 from feature_store.embedded import EmbeddedRedis
 from policies.catalogue import CatalogueInvalid, default_path
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
                 max_connections=settings.store_max_connections,
             )
             stack.push_async_callback(store.aclose)
-            services = Services(settings, store, KeyRing(settings.api_keys), catalogues, clock)
+            services = Services(settings, store, KeyRing(settings.api_keys), catalogues, Models(), clock)
             try:
                 await store.load_scripts()
             except StoreUnavailable as exc:  # the store may come later; /readyz tells
@@ -70,9 +71,13 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
             await catalogues.start(store)
             log.info("service_started", open=services.keys.open, catalogue=catalogues.live.version)
             async with asyncio.TaskGroup() as background:
-                watcher = background.create_task(catalogues.watch(store, settings.catalogue_watch_s))
+                watchers = [
+                    background.create_task(catalogues.watch(store, settings.catalogue_watch_s)),
+                    background.create_task(services.models.watch(store.learning(), settings.model_refresh_s)),
+                ]
                 yield {"services": services}
-                watcher.cancel()
+                for watcher in watchers:
+                    watcher.cancel()
 
     app = FastAPI(
         title="nba: next-best-action decisioning",
@@ -84,4 +89,5 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes)
     for module in (events, decisions, customers, admin, health):
         app.include_router(module.router)
+    app.include_router(admin.models_router)
     return app

@@ -31,14 +31,14 @@ from app.schemas import (
     ProfileOut,
 )
 from app.settings import Settings
+from app.snapshots import Models
 from feature_store import Event, IdKind, ProfileStore, StageRules, StoreConfig, StoreUnavailable
 from feature_store import keys as store_keys
 from feature_store.features import NEVER, features
-from feature_store.profile import ContactRecord
+from feature_store.profile import ContactRecord, iso
 from feature_store.store import DecisionRecord, Ingested
-from models.snapshot import LinearScorer
 from policies import funnel
-from policies.funnel import Choice, Decision, Scorer, Situation
+from policies.funnel import Choice, Decision, Situation
 
 log = structlog.get_logger("nba.decisions")
 
@@ -100,8 +100,8 @@ class Services:
     store: ProfileStore
     keys: KeyRing
     catalogues: Catalogues
+    models: Models = field(default_factory=Models)
     clock: Clock = time.time
-    scorer: Scorer = field(default_factory=LinearScorer)
 
     def _events(self, body: EventIn | EventBatchIn) -> list[Event]:
         items = body.events if isinstance(body, EventBatchIn) else [body]
@@ -157,6 +157,31 @@ class Services:
     async def ready(self) -> None:
         await self.store.ping()
 
+    async def model_report(self) -> dict[str, Any]:
+        """Per action of the catalogue: what its model has learned, and from how much."""
+        from models.snapshot import maturity
+
+        snapshot = self.models.scorer.snapshot
+        now_ms = int(self.clock() * 1000)
+        actions = {}
+        for action_id in self.catalogues.live.actions:
+            m = snapshot.actions.get(action_id)
+            observations, positives = (m.observations, m.positives) if m else (0, 0)
+            actions[action_id] = {
+                "observations": observations,
+                "rewards": positives,
+                "reward_sum": round(m.reward_sum, 4) if m else 0.0,
+                "maturity": maturity(observations, positives),
+                "last_update": iso(m.updated_ms) if m and m.updated_ms else None,
+            }
+        published = snapshot.published_ms
+        return {
+            "model_version": snapshot.version,
+            "published_at": iso(published) if published else None,
+            "age_s": round((now_ms - published) / 1000, 3) if published else None,
+            "actions": actions,
+        }
+
     def _decide_event(self, body: DecideIn, event: DecideEventIn) -> Event:
         as_event = EventIn(
             customer_id=body.customer_id,
@@ -173,7 +198,7 @@ class Services:
     async def decide(self, body: DecideIn) -> dict[str, Any]:
         """Choose what to show; within the decision budget, or the placement's fallback, flagged."""
         started = time.perf_counter()
-        catalogue = self.catalogues.live
+        catalogue, scorer = self.catalogues.live, self.models.scorer  # one of each for the whole decision
         if body.placement not in catalogue.placements:
             known = ", ".join(sorted(catalogue.placements))
             raise InvalidInput(
@@ -209,7 +234,7 @@ class Services:
                     catalogue,
                     body.placement,
                     situation,
-                    self.scorer,
+                    scorer,
                     random.Random(decision_id),
                     limit=body.limit,
                 )
@@ -223,7 +248,7 @@ class Services:
             reason = "budget" if isinstance(exc, TimeoutError) else "store"
             log.warning("decision_fallback", decision_id=decision_id, placement=body.placement, reason=reason)
             served = funnel.fallback(catalogue, body.placement, limit=body.limit)
-            version, model = catalogue.version, self.scorer.version
+            version, model = catalogue.version, scorer.version
             return self._answer(body, decision_id, None, served, version, model, ingested, fallback=True)
         log.info(
             "decision",

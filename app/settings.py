@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     catalogue_watch_s: float = Field(
         1.0, gt=0, le=3600, description="How often a worker looks for a reload announced by another."
     )
+    model_refresh_s: float = Field(0.5, gt=0, le=60, description="How often a worker looks for a new model.")
+    learner_publish_s: float = Field(
+        1.0, gt=0, le=60, description="How often the learner publishes, at most."
+    )
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
 
     @field_validator("api_keys", mode="before")

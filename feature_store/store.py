@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
@@ -31,6 +31,9 @@ from feature_store.errors import IdentityConflict, StoreUnavailable
 from feature_store.events import Event, attribute_values, dedupe_key, effect, key_properties, order_key
 from feature_store.keys import IdKind, ProfileKeys
 from feature_store.profile import WINDOW_SPEC, ContactRecord, Profile, RawProfile, StageRules, decode, merge
+
+if TYPE_CHECKING:
+    from feature_store.learning import LearnerStore
 
 Clock = Callable[[], float]
 CHUNK_EVENTS: Final = 100
@@ -158,7 +161,7 @@ def _chunks(groups: dict[ProfileKeys, list[Event]]) -> list[_Call]:
 
 
 @asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
+async def translated() -> AsyncIterator[None]:
     """Turn Redis's failures of reach into :class:`StoreUnavailable`; let every other error through."""
     try:
         yield
@@ -223,11 +226,11 @@ class ProfileStore:
 
     async def load_scripts(self) -> None:
         """Load the scripts now, so the first event does not pay for it."""
-        async with _translated():
+        async with translated():
             self._apply_sha = await self._redis.script_load(self._apply_src)
 
     async def ping(self) -> None:
-        async with _translated():
+        async with translated():
             await self._redis.ping()
 
     async def ingest(self, events: Iterable[Event]) -> Ingested:
@@ -276,7 +279,7 @@ class ProfileStore:
         """Record a decision in one round trip: the contacts it served, the holdout assignments made at
         first sight, the decision log entry, and the decision itself for its outcomes."""
         config, target_keys, now = self._config, record.profile_keys, self.now_ms()
-        async with _translated(), self._redis.pipeline(transaction=False) as pipe:
+        async with translated(), self._redis.pipeline(transaction=False) as pipe:
             if record.group is not None:
                 pipe.hsetnx(target_keys.profile, "g", record.group)
             for action_id, withheld in record.held_out.items():
@@ -297,7 +300,7 @@ class ProfileStore:
 
     async def decision(self, decision_id: str) -> dict[str, str] | None:
         """What was recorded of a decision (``record_decision``'s summary and its outcomes), if it is kept."""
-        async with _translated():
+        async with translated():
             found: dict[str, str] = await self._redis.hgetall(keys.decision(decision_id))  # type: ignore[assignment]
         return found or None
 
@@ -309,7 +312,7 @@ class ProfileStore:
         Returns ``False`` for a repeat, which changes nothing. A dismissal or conversion also enters the
         customer's contact history, where contact policies see it."""
         decision_key = keys.decision(decision_id)
-        async with _translated():
+        async with translated():
             if not await self._redis.hsetnx(decision_key, f"o:{mark}", str(self.now_ms())):
                 return False
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -349,7 +352,7 @@ class ProfileStore:
         Raises :class:`IdentityConflict` when the visitor is already linked to another customer.
         """
         anon_keys, known_keys = keys.anonymous(anonymous_id), keys.customer(customer_id)
-        async with _translated():
+        async with translated():
             taken = await self._link(
                 keys=anon_keys.script_keys(), args=[customer_id, self._config.profile_ttl_ms]
             )
@@ -414,12 +417,18 @@ class ProfileStore:
         for key in target_keys.data_keys():
             pipe.pexpire(key, ttl)
 
+    def learning(self) -> LearnerStore:
+        """The learner's view of the same Redis."""
+        from feature_store.learning import LearnerStore
+
+        return LearnerStore(self._redis)
+
     async def catalogue_generation(self) -> str:
-        async with _translated():
+        async with translated():
             return str(await self._redis.get(keys.CATALOGUE_GENERATION) or "0")
 
     async def bump_catalogue_generation(self) -> str:
-        async with _translated():
+        async with translated():
             return str(await self._redis.incr(keys.CATALOGUE_GENERATION))
 
     async def erase(self, profile_id: str, kind: IdKind = IdKind.CUSTOMER) -> bool:
@@ -430,7 +439,7 @@ class ProfileStore:
         Returns whether anything existed.
         """
         profile_keys = ProfileKeys(kind, profile_id)
-        async with _translated():
+        async with translated():
             if kind is IdKind.ANONYMOUS and (linked := await self._redis.get(profile_keys.alias)):
                 profile_keys = keys.customer(str(linked))
             aliases: set[str] = await self._redis.smembers(profile_keys.aliases)  # type: ignore[assignment]
@@ -457,7 +466,7 @@ class ProfileStore:
             packed.append((len(call_keys), [*call_keys, *head, *batches]))
         results: list[Any] = [None] * len(packed)
         pending = list(range(len(packed)))
-        async with _translated():
+        async with translated():
             for _ in range(2):
                 if self._apply_sha is None:
                     self._apply_sha = await self._redis.script_load(self._apply_src)

@@ -31,3 +31,12 @@ async def post_reload(services: ServicesDep) -> dict[str, Any]:
         "actions": len(catalogue.actions),
         "announced": await services.catalogues.tell_others(services.store),
     }
+
+
+models_router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require(Scope.ADMIN))])
+
+
+@models_router.get("/models", responses=documented(401, 403), summary="What each action's model has learned")
+async def get_models(services: ServicesDep) -> dict[str, Any]:
+    """Per action: observations, rewards, maturity and last update; the snapshot's version and age."""
+    return await services.model_report()

@@ -1,0 +1,278 @@
+"""The one writer of the models: joins decisions with their outcomes and purchases, learns, publishes.
+
+One loop, one process (``nba learn``; ``nba serve`` on its embedded Redis runs one itself). A lock in
+Redis keeps a second learner waiting rather than learning beside the first (two writers would drift).
+
+Each round:
+
+1. reads new decisions from the decision log, and enters each served action (and a control customer's
+   counterfactual ones) in the pending set, due when its attribution window closes;
+2. reads new outcomes: one that earns a reward under its placement's ``reward`` is learned at once;
+3. takes the pending entries whose window has closed and learns them: as a zero, or with what the
+   customer's purchases in the window earned;
+4. publishes when something changed, at most every ``publish_every_s`` (1 s by default): the snapshot,
+   the learned entries out of the pending set, the stream entries acknowledged and the joined rewards,
+   all in one transaction.
+
+The guarantee: an observation is learned exactly once, across restarts. Until a publish, what was
+learned lives only in this process; a crash loses it together with its acknowledgements, so after the
+restart the same entries are read again and learned again, from the last published snapshot. A
+published entry is out of the pending set and acknowledged in the same transaction that published the
+model it went into. Counterfactual entries are joined (for measurement) but never learned: those
+actions were not shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from river import linear_model, optim
+
+from feature_store.keys import DECISION_LOG, OUTCOME_LOG
+from feature_store.learning import LearnerStore
+from models.rewards import COUNTERFACTUAL, SERVED, Earned, Pending, at_close, from_outcome
+from models.snapshot import ActionModel, Snapshot, logit
+from models.vectorize import vector
+from policies.catalogue import Catalogue
+
+log = structlog.get_logger("nba.learner")
+
+Clock = Callable[[], float]
+LOCK_MS = 15_000
+DEFAULT_ATTRIBUTION_MS = 30 * 60_000
+
+
+@dataclass(slots=True)
+class _Action:
+    model: linear_model.LogisticRegression
+    observations: int = 0
+    positives: int = 0
+    reward_sum: float = 0.0
+    updated_ms: int = 0
+
+    def frozen(self) -> ActionModel:
+        return ActionModel(
+            weights=dict(self.model._weights),
+            intercept=float(self.model.intercept),
+            observations=self.observations,
+            positives=self.positives,
+            reward_sum=self.reward_sum,
+            updated_ms=self.updated_ms,
+        )
+
+
+def _regression(intercept: float, weights: Mapping[str, float] = {}) -> linear_model.LogisticRegression:
+    model = linear_model.LogisticRegression(optimizer=optim.SGD(0.05), l2=1e-4, intercept_init=intercept)
+    for name, weight in weights.items():
+        model._weights[name] = weight
+    return model
+
+
+@dataclass(slots=True)
+class Learner:
+    store: LearnerStore
+    catalogue: Callable[[], Catalogue]
+    clock: Clock = time.time
+    publish_every_s: float = 1.0
+    log_max: int = 1_000_000
+    batch: int = 500
+    _actions: dict[str, _Action] = field(default_factory=dict)
+    _version: int = 0
+    _learned: list[str] = field(default_factory=list)
+    _learned_set: set[str] = field(default_factory=set)
+    _acks: dict[str, list[str]] = field(default_factory=lambda: {DECISION_LOG: [], OUTCOME_LOG: []})
+    _rewards: list[dict[str, str]] = field(default_factory=list)
+    _last_publish: float = 0.0
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    async def restore(self) -> None:
+        """Start from the published snapshot."""
+        text = await self.store.snapshot()
+        if text is None:
+            return
+        snapshot = Snapshot.from_json(text)
+        self._version = int(snapshot.version.removeprefix("m-")) if snapshot.version.startswith("m-") else 0
+        for action_id, m in snapshot.actions.items():
+            self._actions[action_id] = _Action(
+                _regression(m.intercept, m.weights), m.observations, m.positives, m.reward_sum, m.updated_ms
+            )
+
+    async def run(self, stop: asyncio.Event, *, idle_s: float = 0.1) -> None:
+        """Learn until ``stop`` is set, as the one learner (waiting for the lock while another holds it)."""
+        token = os.urandom(12).hex()
+        while not stop.is_set():
+            if await self.store.acquire(token, LOCK_MS):
+                break
+            log.info("learner_waiting_for_lock")
+            await _sleep(stop, LOCK_MS / 3000)
+        else:
+            return
+        try:
+            await self.store.ensure_groups()
+            await self.restore()
+            log.info("learner_started", version=self._version, actions=len(self._actions))
+            while not stop.is_set():
+                if not await self.store.renew(token, LOCK_MS):
+                    log.error("learner_lost_lock")
+                    return
+                busy = await self.step()
+                await self.publish_if_due()
+                if not busy:
+                    await _sleep(stop, idle_s)
+            await self.publish_if_due(force=True)
+        finally:
+            await self.store.release(token)
+
+    async def step(self) -> bool:
+        """One round of reading and learning; whether there was anything to do."""
+        catalogue = self.catalogue()
+        decisions = await self._take_decisions(catalogue)
+        outcomes = await self._take_outcomes(catalogue)
+        closed = await self._close_windows(catalogue)
+        return decisions or outcomes or closed
+
+    async def _take_decisions(self, catalogue: Catalogue) -> bool:
+        found = False
+        while entries := await self.store.read(DECISION_LOG, self.batch):
+            found = True
+            due: dict[str, int] = {}
+            for entry_id, fields in entries:
+                placement = catalogue.placements.get(fields.get("placement", ""))
+                window = placement.attribution if placement else DEFAULT_ATTRIBUTION_MS
+                close = int(fields["time_ms"]) + window
+                for kind, name in ((SERVED, "actions"), (COUNTERFACTUAL, "counterfactual")):
+                    for action in json.loads(fields.get(name, "[]")):
+                        due[Pending(fields["decision_id"], action["action_id"], kind).member()] = close
+                self._acks[DECISION_LOG].append(entry_id)
+            await self.store.add_pending(due)
+        return found
+
+    async def _take_outcomes(self, catalogue: Catalogue) -> bool:
+        entries = await self.store.read(OUTCOME_LOG, self.batch)
+        if not entries:
+            return False
+        earned: list[tuple[Pending, Earned]] = []
+        for _, fields in entries:
+            placement = catalogue.placements.get(fields["placement"])
+            reward = placement.reward if placement else "click"
+            got = from_outcome(reward, fields["type"], float(fields.get("value", 0)))
+            if got is not None:
+                earned.append((Pending(fields["decision_id"], fields["action_id"], SERVED), got))
+        candidates = [(p, e) for p, e in earned if p.member() not in self._learned_set]
+        still = await self.store.pending_among([p.member() for p, _ in candidates])
+        await self._learn([(p, e) for (p, e), pending in zip(candidates, still, strict=True) if pending])
+        self._acks[OUTCOME_LOG].extend(entry_id for entry_id, _ in entries)
+        return True
+
+    async def _close_windows(self, catalogue: Catalogue) -> bool:
+        members = [m for m in await self.store.due(self.now_ms(), self.batch) if m not in self._learned_set]
+        if not members:
+            return False
+        pending = [Pending.parse(m) for m in members]
+        summaries = await self.store.summaries([p.decision_id for p in pending])
+        windows, rewards = [], []
+        for summary in summaries:
+            placement = catalogue.placements.get(summary.get("placement", ""))
+            rewards.append(placement.reward if placement else "click")
+            start = int(summary.get("time_ms", 0))
+            window = placement.attribution if placement else DEFAULT_ATTRIBUTION_MS
+            windows.append((summary.get("customer", "c:?"), start, start + window))
+        bought = await self.store.purchases(windows)
+        await self._learn(
+            [(p, at_close(r, b)) for p, r, b in zip(pending, rewards, bought, strict=True)],
+            summaries=summaries,
+        )
+        return True
+
+    async def _learn(
+        self, items: list[tuple[Pending, Earned]], summaries: list[dict[str, str]] | None = None
+    ) -> None:
+        if not items:
+            return
+        if summaries is None:
+            summaries = await self.store.summaries([p.decision_id for p, _ in items])
+        now = self.now_ms()
+        for (pending, earned), summary in zip(items, summaries, strict=True):
+            member = pending.member()
+            if member in self._learned_set:
+                continue
+            self._learned.append(member)
+            self._learned_set.add(member)
+            if not summary:  # expired before its reward came in: nothing left to learn from
+                continue
+            self._rewards.append(
+                {
+                    "decision_id": pending.decision_id,
+                    "action_id": pending.action_id,
+                    "counterfactual": "1" if pending.kind == COUNTERFACTUAL else "0",
+                    "customer": summary["customer"],
+                    "placement": summary["placement"],
+                    "group": summary["group"],
+                    "time_ms": summary["time_ms"],
+                    "value": repr(earned.value),
+                    "positive": "1" if earned.positive else "0",
+                    "source": earned.source,
+                }
+            )
+            if pending.kind == COUNTERFACTUAL:
+                continue
+            self._observe(pending.action_id, summary, earned, now)
+
+    def _observe(self, action_id: str, summary: Mapping[str, str], earned: Earned, now_ms: int) -> None:
+        state = self._actions.get(action_id)
+        if state is None:
+            spec = self.catalogue().actions.get(action_id)
+            state = _Action(_regression(logit(spec.spec.prior if spec else 0.05)))
+            self._actions[action_id] = state
+        features: dict[str, Any] = json.loads(summary.get("features", "{}"))
+        context: dict[str, Any] = json.loads(summary.get("context", "{}"))
+        x = vector(features, context, summary["placement"], int(summary["time_ms"]))
+        state.model.learn_one(x, earned.positive)
+        state.observations += 1
+        state.positives += int(earned.positive)
+        state.reward_sum += earned.value
+        state.updated_ms = now_ms
+
+    def _changed(self) -> bool:
+        return bool(self._learned or any(self._acks.values()))
+
+    async def publish_if_due(self, *, force: bool = False) -> str | None:
+        """Publish what was learned since the last publish; the new version, or ``None``."""
+        if not self._changed():
+            return None
+        if not force and time.monotonic() - self._last_publish < self.publish_every_s:
+            return None
+        snapshot_json = None
+        version = f"m-{self._version}"
+        if self._learned:  # a new model only when something was learned; else only acknowledgements
+            version = f"m-{self._version + 1}"
+            snapshot = Snapshot(version, self.now_ms(), {a: s.frozen() for a, s in self._actions.items()})
+            snapshot_json = snapshot.to_json()
+        await self.store.publish(
+            snapshot_json, version, self._learned, self._acks, self._rewards, self.log_max
+        )
+        if snapshot_json is not None:
+            self._version += 1
+        self._learned, self._learned_set, self._rewards = [], set(), []
+        self._acks = {DECISION_LOG: [], OUTCOME_LOG: []}
+        self._last_publish = time.monotonic()
+        if snapshot_json is None:
+            return None
+        log.info("model_published", version=version, actions=len(self._actions))
+        return version
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake as soon as ``stop`` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
