@@ -300,6 +300,14 @@ class Services:
             "decision_id": decision_id,
             **summary,
             "eligible": _json(decision.eligible),
+            # Every action that reached arbitration: [propensity, score], for evaluation and calibration.
+            "scores": _json(
+                {
+                    v.action_id: [round(v.propensity, 6), round(v.priority or 0.0, 6)]
+                    for v in decision.verdicts
+                    if v.propensity is not None
+                }
+            ),
             "catalogue_version": catalogue_version,
             "model_version": decision.model_version,
             "latency_ms": f"{latency_ms:.3f}",
