@@ -6,6 +6,9 @@ them; on exit it stops both.
 
 ``nba learn`` runs the learner (models/learner.py) against ``NBA_REDIS_URL``: one per deployment.
 
+``nba evaluate`` (models/evaluate.py) and ``nba simulate`` (models/simulate.py) are offline tools with
+their own options (``--help``); they need the ``tools`` extra.
+
 ``nba check [PATH]`` checks a catalogue folder (by default ``NBA_POLICIES``, else the shipped one) as
 the service would load it, and prints every problem, one per line: ``file: where: problem``. Exit
 status 0 when it is valid, 1 when it is not.
@@ -180,6 +183,16 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    # The offline tools parse their own options (and import numpy, scikit-learn, matplotlib only then).
+    if words and words[0] == "evaluate":
+        from models import evaluate
+
+        return evaluate.main(words[1:])
+    if words and words[0] == "simulate":
+        from models import simulate
+
+        return simulate.main(words[1:])
     parser = argparse.ArgumentParser(prog="nba", description="Real-time next-best-action decisioning.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP API (and, by default, a private Redis)")
@@ -191,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--data-dir", type=Path, help="embedded Redis data folder (default ./nba-data)")
     sub.add_parser("learn", help="run the learner (the one writer of the models) against NBA_REDIS_URL")
+    sub.add_parser("evaluate", help="off-policy estimates and calibration from the decision log (see --help)")
+    sub.add_parser("simulate", help="drive a service with a synthetic population and plot what it learns")
     check = sub.add_parser("check", help="check a catalogue folder and list every problem")
     check.add_argument(
         "path",
@@ -198,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="catalogue folder or file (default: NBA_POLICIES, else the shipped one)",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
     if args.command == "serve":
         return _serve(args)
     if args.command == "check":

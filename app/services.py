@@ -65,11 +65,19 @@ def _json(value: Any) -> str:
 
 
 def _logged_features(values: Mapping[str, Any]) -> dict[str, Any]:
-    """What the policy saw, without the zeros and never-happened defaults that most features hold."""
+    """What the policy saw, without the zeros and never-happened defaults that most features hold.
+
+    A ``days_since_*`` of 0 is kept: it means "just now", while a missing one reads as never
+    (models/vectorize.py), so dropping it would make learning see other numbers than scoring did."""
     return {
         k: v
         for k, v in values.items()
-        if v not in (0, 0.0, NEVER, False, "", frozenset(), {}) or k == "stage"
+        if k == "stage"
+        or (
+            v != NEVER
+            if k.startswith("days_since_")
+            else v not in (0, 0.0, NEVER, False, "", frozenset(), {})
+        )
     }
 
 
@@ -169,7 +177,8 @@ class Services:
             observations, positives = (m.observations, m.positives) if m else (0, 0)
             actions[action_id] = {
                 "observations": observations,
-                "rewards": positives,
+                "positives": positives,
+                "rewards": positives,  # the same count, under the name the learning guide uses
                 "reward_sum": round(m.reward_sum, 4) if m else 0.0,
                 "maturity": maturity(observations, positives),
                 "last_update": iso(m.updated_ms) if m and m.updated_ms else None,
@@ -238,12 +247,13 @@ class Services:
                     random.Random(decision_id),
                     limit=body.limit,
                 )
-                latency_ms = (time.perf_counter() - started) * 1000
-                await self.store.record_decision(
-                    self._record(
-                        decision_id, read.keys, body, decision, situation, catalogue.version, latency_ms
-                    )
-                )
+            latency_ms = (time.perf_counter() - started) * 1000
+            # Recording is not cut short by the budget (only by the store's own timeout): cut short, it
+            # could land after the caller was told "fallback", logging as served what nobody saw.
+            record = self._record(
+                decision_id, read.keys, body, decision, situation, catalogue.version, latency_ms
+            )
+            await self.store.record_decision(record)
         except (StoreUnavailable, TimeoutError) as exc:
             reason = "budget" if isinstance(exc, TimeoutError) else "store"
             log.warning("decision_fallback", decision_id=decision_id, placement=body.placement, reason=reason)

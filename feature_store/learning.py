@@ -36,7 +36,13 @@ class LearnerStore:
         self._redis = client
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
-        self._backlog = {keys.DECISION_LOG: True, keys.OUTCOME_LOG: True}
+        # Where each stream is read from: after a start, through the entries delivered to this consumer
+        # before and not acknowledged (an entry id, from "0"), then new ones (">").
+        self._cursor = {keys.DECISION_LOG: "0", keys.OUTCOME_LOG: "0"}
+
+    def rewind(self) -> None:
+        """Read each stream again from the first entry not acknowledged."""
+        self._cursor = {keys.DECISION_LOG: "0", keys.OUTCOME_LOG: "0"}
 
     async def acquire(self, token: str, ttl_ms: int) -> bool:
         """Become the one learner, for ``ttl_ms`` unless renewed."""
@@ -66,24 +72,30 @@ class LearnerStore:
         acknowledged, then new ones."""
         async with _translated():
             while True:
-                start = "0" if self._backlog[stream] else ">"
+                start = self._cursor[stream]
                 reply: Any = await self._redis.xreadgroup(GROUP, CONSUMER, {stream: start}, count=count)
-                entries: list[Entry] = [(i, f) for _, messages in reply for i, f in messages if f]
-                if entries or start == ">":
+                messages = [(i, f) for _, batch in reply for i, f in batch]
+                entries: list[Entry] = [(i, f) for i, f in messages if f]  # trimmed ones have no fields
+                if start == ">":
                     return entries
-                self._backlog[stream] = False
+                # The backlog is read once: from after its last entry read (they stay unacknowledged until
+                # the learner publishes, so reading from "0" again would return them again).
+                self._cursor[stream] = messages[-1][0] if messages else ">"
+                if entries:
+                    return entries
 
     async def add_pending(self, due: Mapping[str, int]) -> None:
         if due:
             async with _translated():
                 await self._redis.zadd(keys.PENDING, dict(due), nx=True)
 
-    async def pending_among(self, members: Sequence[str]) -> list[bool]:
+    async def closes(self, members: Sequence[str]) -> list[int | None]:
+        """When each member's attribution window closes (ms), or ``None`` if it is not pending."""
         if not members:
             return []
         async with _translated():
             scores = await self._redis.zmscore(keys.PENDING, list(members))
-        return [score is not None for score in scores]
+        return [None if score is None else int(score) for score in scores]
 
     async def due(self, now_ms: int, limit: int) -> list[str]:
         async with _translated():

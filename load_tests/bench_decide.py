@@ -18,6 +18,7 @@ import time
 import httpx
 import redis
 
+from feature_store.keys import DECISION_LOG
 from load_tests.service import percentile, running_service
 
 PLACEMENTS = ("web.home", "web.product_page", "web.cart", "web.faq", "chat.proactive")
@@ -45,7 +46,7 @@ def main() -> None:
             assert response.status_code == 200, response.text
             assert not response.json()["fallback"], response.text
         with redis.Redis.from_url(service.redis_url, decode_responses=True) as store:
-            server_ms = [float(fields["latency_ms"]) for _, fields in store.xrange("nba:decisions")]
+            server_ms = [float(fields["latency_ms"]) for _, fields in store.xrange(DECISION_LOG)]
     print(
         json.dumps(
             {

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,13 +24,16 @@ class Service:
 
 
 @contextmanager
-def running_service(*args: str) -> Iterator[Service]:
-    """Yield a ready service; stop it (and its Redis) on the way out."""
+def running_service(*args: str, env: Mapping[str, str] | None = None) -> Iterator[Service]:
+    """Yield a ready service; stop it (and its Redis) on the way out.
+
+    The service sees the caller's environment without its ``NBA_*`` variables, plus ``env`` (e.g.
+    ``{"NBA_LEARNER_PUBLISH_S": "0.2"}``)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")} | dict(env or {})
     data_dir = tempfile.mkdtemp(prefix="nba-bench-")
     command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data-dir", data_dir, *args]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(command, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

@@ -7,7 +7,8 @@ Each round:
 
 1. reads new decisions from the decision log, and enters each served action (and a control customer's
    counterfactual ones) in the pending set, due when its attribution window closes;
-2. reads new outcomes: one that earns a reward under its placement's ``reward`` is learned at once;
+2. reads new outcomes: one that earns a reward under its placement's ``reward`` is learned at once, if
+   it happened within its attribution window;
 3. takes the pending entries whose window has closed and learns them: as a zero, or with what the
    customer's purchases in the window earned;
 4. publishes when something changed, at most every ``publish_every_s`` (1 s by default): the snapshot,
@@ -48,6 +49,7 @@ log = structlog.get_logger("nba.learner")
 Clock = Callable[[], float]
 LOCK_MS = 15_000
 DEFAULT_ATTRIBUTION_MS = 30 * 60_000
+CLOSE_GRACE_MS = 2_000
 
 
 @dataclass(slots=True)
@@ -84,6 +86,7 @@ class Learner:
     publish_every_s: float = 1.0
     log_max: int = 1_000_000
     batch: int = 500
+    close_grace_ms: int = CLOSE_GRACE_MS
     _actions: dict[str, _Action] = field(default_factory=dict)
     _version: int = 0
     _learned: list[str] = field(default_factory=list)
@@ -96,7 +99,12 @@ class Learner:
         return int(self.clock() * 1000)
 
     async def restore(self) -> None:
-        """Start from the published snapshot."""
+        """Start from the published snapshot, forgetting whatever this process learned and did not publish
+        (``run`` after the store went away, say): the stream entries it came from are read again."""
+        self._actions, self._version = {}, 0
+        self._learned, self._learned_set, self._rewards = [], set(), []
+        self._acks = {DECISION_LOG: [], OUTCOME_LOG: []}
+        self.store.rewind()
         text = await self.store.snapshot()
         if text is None:
             return
@@ -136,9 +144,13 @@ class Learner:
     async def step(self) -> bool:
         """One round of reading and learning; whether there was anything to do."""
         catalogue = self.catalogue()
+        # The time is taken before the outcomes are read: a window that closed by then is closed only
+        # after every outcome reported before its close has been read (else a click sent just before
+        # the close, read after it, would be lost to the zero).
+        now_ms = self.now_ms()
         decisions = await self._take_decisions(catalogue)
         outcomes = await self._take_outcomes(catalogue)
-        closed = await self._close_windows(catalogue)
+        closed = await self._close_windows(catalogue, now_ms)
         return decisions or outcomes or closed
 
     async def _take_decisions(self, catalogue: Catalogue) -> bool:
@@ -161,21 +173,34 @@ class Learner:
         entries = await self.store.read(OUTCOME_LOG, self.batch)
         if not entries:
             return False
-        earned: list[tuple[Pending, Earned]] = []
+        earned: list[tuple[Pending, Earned, int]] = []
         for _, fields in entries:
             placement = catalogue.placements.get(fields["placement"])
             reward = placement.reward if placement else "click"
             got = from_outcome(reward, fields["type"], float(fields.get("value", 0)))
             if got is not None:
-                earned.append((Pending(fields["decision_id"], fields["action_id"], SERVED), got))
-        candidates = [(p, e) for p, e in earned if p.member() not in self._learned_set]
-        still = await self.store.pending_among([p.member() for p, _ in candidates])
-        await self._learn([(p, e) for (p, e), pending in zip(candidates, still, strict=True) if pending])
+                pending = Pending(fields["decision_id"], fields["action_id"], SERVED)
+                earned.append((pending, got, int(fields.get("time_ms", 0))))
+        candidates = [(p, e, t) for p, e, t in earned if p.member() not in self._learned_set]
+        closes = await self.store.closes([p.member() for p, _, _ in candidates])
+        # Only within its window: an outcome after the close earns nothing, whether or not this learner
+        # has closed the window yet (a lagging or restarted learner learns what a prompt one did).
+        await self._learn(
+            [
+                (p, e)
+                for (p, e, t), close in zip(candidates, closes, strict=True)
+                if close is not None and t <= close
+            ]
+        )
         self._acks[OUTCOME_LOG].extend(entry_id for entry_id, _ in entries)
         return True
 
-    async def _close_windows(self, catalogue: Catalogue) -> bool:
-        members = [m for m in await self.store.due(self.now_ms(), self.batch) if m not in self._learned_set]
+    async def _close_windows(self, catalogue: Catalogue, now_ms: int) -> bool:
+        # A window is closed a little after its end, so that an outcome timed inside it but written to
+        # the log a moment later (a slow request, clocks apart between hosts) still counts.
+        members = [
+            m for m in await self.store.due(now_ms - self.close_grace_ms, self.batch) if m not in self._learned_set
+        ]
         if not members:
             return False
         pending = [Pending.parse(m) for m in members]

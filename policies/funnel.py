@@ -176,7 +176,13 @@ def _contact_policy(
     return None
 
 
-def _context_weight(action: CompiledAction, context: Mapping[str, Any]) -> float:
+def priority(action: CompiledAction, propensity: float, context: Mapping[str, Any]) -> float:
+    """Arbitration's score: propensity x context weight x value x levers."""
+    return propensity * context_weight(action, context) * action.spec.value * action.spec.levers
+
+
+def context_weight(action: CompiledAction, context: Mapping[str, Any]) -> float:
+    """The product of the action's ``context_weights`` matching the request's context (1 if none)."""
     weight = 1.0
     for key, weights in action.spec.context_weights.items():
         value = context.get(key)
@@ -264,9 +270,7 @@ def decide(
         propensity = scorer.propensity(
             action, situation.features, situation.context, placement, situation.now_ms
         )
-        candidate = _Candidate(
-            action, propensity, propensity * _context_weight(action, situation.context) * a.value * a.levers
-        )
+        candidate = _Candidate(action, propensity, priority(action, propensity, situation.context))
         treatment.append(candidate)
         if group == holdout.CONTROL and not a.exempt:
             verdicts[a.id] = Verdict(
