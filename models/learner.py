@@ -68,13 +68,20 @@ class _Action:
             positives=self.positives,
             reward_sum=self.reward_sum,
             updated_ms=self.updated_ms,
+            optimizer=dict(self.model.optimizer.g2),
         )
 
 
-def _regression(intercept: float, weights: Mapping[str, float] = {}) -> linear_model.LogisticRegression:
-    model = linear_model.LogisticRegression(optimizer=optim.SGD(0.05), l2=1e-4, intercept_init=intercept)
-    for name, weight in weights.items():
+def _regression(
+    intercept: float, weights: Mapping[str, float] | None = None, optimizer: Mapping[str, float] | None = None
+) -> linear_model.LogisticRegression:
+    """A logistic regression with AdaGrad: each feature's step shrinks with its own history, so counters
+    that grow with every event cannot swamp rarer, more telling features (plain SGD let them)."""
+    model = linear_model.LogisticRegression(optimizer=optim.AdaGrad(0.1), l2=1e-4, intercept_init=intercept)
+    for name, weight in (weights or {}).items():
         model._weights[name] = weight
+    for name, g2 in (optimizer or {}).items():
+        model.optimizer.g2[name] = g2
     return model
 
 
@@ -112,7 +119,11 @@ class Learner:
         self._version = int(snapshot.version.removeprefix("m-")) if snapshot.version.startswith("m-") else 0
         for action_id, m in snapshot.actions.items():
             self._actions[action_id] = _Action(
-                _regression(m.intercept, m.weights), m.observations, m.positives, m.reward_sum, m.updated_ms
+                _regression(m.intercept, m.weights, m.optimizer),
+                m.observations,
+                m.positives,
+                m.reward_sum,
+                m.updated_ms,
             )
 
     async def run(self, stop: asyncio.Event, *, idle_s: float = 0.1) -> None:
@@ -198,9 +209,8 @@ class Learner:
     async def _close_windows(self, catalogue: Catalogue, now_ms: int) -> bool:
         # A window is closed a little after its end, so that an outcome timed inside it but written to
         # the log a moment later (a slow request, clocks apart between hosts) still counts.
-        members = [
-            m for m in await self.store.due(now_ms - self.close_grace_ms, self.batch) if m not in self._learned_set
-        ]
+        due = await self.store.due(now_ms - self.close_grace_ms, self.batch)
+        members = [m for m in due if m not in self._learned_set]
         if not members:
             return False
         pending = [Pending.parse(m) for m in members]

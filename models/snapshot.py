@@ -59,6 +59,9 @@ class ActionModel:
     positives: int = 0
     reward_sum: float = 0.0
     updated_ms: int = 0
+    # The learner's optimizer state (AdaGrad's sums of squared gradients), so that a restarted learner
+    # goes on exactly where the published one was; workers do not read it.
+    optimizer: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,7 @@ class Snapshot:
                         "positives": m.positives,
                         "reward_sum": m.reward_sum,
                         "updated_ms": m.updated_ms,
+                        "optimizer": dict(m.optimizer),
                     }
                     for a, m in self.actions.items()
                 },
@@ -101,6 +105,7 @@ class Snapshot:
                     positives=int(m["positives"]),
                     reward_sum=float(m["reward_sum"]),
                     updated_ms=int(m["updated_ms"]),
+                    optimizer={k: float(v) for k, v in m.get("optimizer", {}).items()},
                 )
                 for a, m in data["actions"].items()
             },

@@ -129,6 +129,7 @@ def test_a_snapshot_round_trips_through_json() -> None:
                 positives=11,
                 reward_sum=11.5,
                 updated_ms=NOW - 5,
+                optimizer={"faq_view_30m": 0.75, "placement=web.product_page": 3.0},
             ),
             "generic_banner": ActionModel(weights={}, intercept=0.0),
         },
