@@ -29,23 +29,17 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import random
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 
-from feature_store.embedded import free_port
+from models.local_service import ServiceNotReady, running_service
 
 PLACEMENT: Final = "web.sim"
 ACTIONS: Final = ("discount_banner", "comparison_guide", "app_download", "new_arrivals")
@@ -466,43 +460,6 @@ def plot(result: SimulationResult, path: Path) -> None:
 # The command
 
 
-@contextmanager
-def serving(policies: Path) -> Iterator[str]:
-    """``nba serve`` with ``policies`` on its embedded Redis (and so its learner) in a fresh folder, on
-    a free port; yields its URL, and stops it and removes the folder on the way out."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
-    data_dir = Path(tempfile.mkdtemp(prefix="nba-simulate-"))
-    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)]
-    with (data_dir / "service.log").open("wb") as output:
-        server = subprocess.Popen(
-            [*command, "--policies", str(policies)], env=env, stdout=output, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                log = (data_dir / "service.log").read_text(errors="replace")[-2000:]
-                raise SimulationError(f"the service did not become ready:\n{log}")
-            time.sleep(0.1)
-        yield base
-    finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``nba simulate [--url URL] [--decisions N] [--seed S] [--out PNG] [--key KEY]``."""
     parser = argparse.ArgumentParser(
@@ -554,9 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.url:
             result = run(args.url)
         else:
-            with serving(catalogue_path()) as url:
+            with running_service("--policies", str(catalogue_path())) as service:
+                url = service.base_url
                 result = run(url)
-    except (SimulationError, httpx.HTTPError) as exc:
+    except (SimulationError, ServiceNotReady, httpx.HTTPError) as exc:
         print(f"nba simulate: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
