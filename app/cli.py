@@ -63,7 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 2
 
-    from feature_store.embedded import EmbeddedRedis, EmbeddedRedisError
+    from feature_store.embedded import EmbeddedRedis, EmbeddedRedisError, die_with_parent
 
     embedded = learner = None
     if settings.redis_url is None:
@@ -76,7 +76,10 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["NBA_REDIS_URL"] = embedded.url
         print(f"nba serve: embedded Redis with data in {embedded.data_dir}", file=sys.stderr)
         # One command runs everything: the learner too, as its own process (the one writer of models).
-        learner = subprocess.Popen([sys.executable, "-m", "app.cli", "learn"], stdin=subprocess.DEVNULL)
+        # It dies with this process even if this one is killed outright (its Redis would be gone too).
+        learner = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "learn"], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+        )
     try:
         uvicorn.run(
             "app.main:create_app",

@@ -100,3 +100,34 @@ def test_serve_keeps_data_across_restarts_and_stops_its_redis(tmp_path: Path) ->
         profile = httpx.get(f"{base}/v1/customers/c-1").json()
         assert profile["counts"]["signup"]["total"] == 1
         assert profile["stage"] == "consideration"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads children from /proc (Linux)")
+def test_the_learner_and_redis_die_with_a_killed_serve(tmp_path: Path) -> None:
+    """Even killed outright (no chance to clean up), nba serve leaves no learner or redis-server behind."""
+    data_dir, port = tmp_path / "data", free_port()
+    with serving(data_dir, port) as process:
+        children = _children(process.pid)
+        assert len(children) >= 2, children  # the embedded redis-server and the learner
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 10  # a bound on the kernel's signal delivery, not a benchmark
+        while any(_alive(child) for child in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [child for child in children if _alive(child)]
