@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -96,7 +97,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class _EventFields(_Strict):
+class EventFields(_Strict):
     """What an event says, whoever it is about."""
 
     event_id: Id | None = Field(None, description="Makes the event idempotent within the dedupe window.")
@@ -118,7 +119,7 @@ class _EventFields(_Strict):
         return value
 
 
-class EventIn(_EventFields):
+class EventIn(EventFields):
     """One behavioural event. One of ``customer_id`` or ``anonymous_id`` is required."""
 
     customer_id: Id | None = Field(None, description="The known customer; wins when both ids are given.")
@@ -149,14 +150,19 @@ class EventBatchIn(_Strict):
     events: Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH)]
 
 
-def _single_or_batch(value: Any) -> str:
-    return "batch" if isinstance(value, dict) and "events" in value else "single"
+def _one_or_many(key: str) -> Callable[[Any], str]:
+    """Tells a body of one item from ``{key: [...]}`` of them, so errors name the shape that was sent."""
+
+    def shape(value: Any) -> str:
+        return "batch" if isinstance(value, dict) and key in value else "single"
+
+    return shape
 
 
 # POST /v1/events takes one event or {"events": [...]}; the shape of the body says which.
 EventsBody = Annotated[
     Annotated[EventBatchIn, Tag("batch")] | Annotated[EventIn, Tag("single")],
-    Discriminator(_single_or_batch),
+    Discriminator(_one_or_many("events")),
 ]
 
 
@@ -283,7 +289,7 @@ class ProfileOut(BaseModel):
 Context = Annotated[dict[PropertyName, PropertyValue], Field(max_length=MAX_PROPERTIES)]
 
 
-class DecideEventIn(_EventFields):
+class DecideEventIn(EventFields):
     """The event that prompted the decision; it belongs to the decision's customer."""
 
 
@@ -366,13 +372,9 @@ class OutcomeBatchIn(_Strict):
     outcomes: Annotated[list[OutcomeIn], Field(min_length=1, max_length=MAX_BATCH)]
 
 
-def _single_or_outcomes(value: Any) -> str:
-    return "batch" if isinstance(value, dict) and "outcomes" in value else "single"
-
-
 OutcomesBody = Annotated[
     Annotated[OutcomeBatchIn, Tag("batch")] | Annotated[OutcomeIn, Tag("single")],
-    Discriminator(_single_or_outcomes),
+    Discriminator(_one_or_many("outcomes")),
 ]
 
 

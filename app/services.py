@@ -7,7 +7,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +17,9 @@ from app.auth import KeyRing
 from app.catalogues import Catalogues
 from app.errors import InvalidInput, NotFound
 from app.schemas import (
-    DecideEventIn,
     DecideIn,
     EventBatchIn,
+    EventFields,
     EventIn,
     EventsAccepted,
     IdentityIn,
@@ -111,18 +111,18 @@ class Services:
     models: Models = field(default_factory=Models)
     clock: Clock = time.time
 
-    def _events(self, body: EventIn | EventBatchIn) -> list[Event]:
-        items = body.events if isinstance(body, EventBatchIn) else [body]
+    def _events(self, items: Sequence[tuple[str, EventFields, str | None, str | None]]) -> list[Event]:
+        """Events from ``(field path prefix, what the event says, customer_id, anonymous_id)``; an event
+        time too far ahead is refused, for the whole request, naming each such field."""
         now_ms = int(self.clock() * 1000)
         latest_ms = now_ms + self.settings.future_tolerance_s * 1000
         events, problems = [], []
-        for index, item in enumerate(items):
+        for where, item, customer_id, anonymous_id in items:
             time_ms = now_ms if item.timestamp is None else int(item.timestamp.timestamp() * 1000)
             if time_ms > latest_ms:
-                where = f"events[{index}].timestamp" if isinstance(body, EventBatchIn) else "timestamp"
                 problems.append(
                     {
-                        "field": where,
+                        "field": f"{where}timestamp",
                         "problem": f"is {(time_ms - now_ms) / 1000:.0f}s in the future; event times may be "
                         f"at most {self.settings.future_tolerance_s}s ahead of the service clock "
                         "(check the sender's clock and time zone, or leave timestamp out to mean now)",
@@ -133,8 +133,8 @@ class Services:
                 Event(
                     type=item.type,
                     time_ms=time_ms,
-                    customer_id=item.customer_id,
-                    anonymous_id=item.anonymous_id,
+                    customer_id=customer_id,
+                    anonymous_id=anonymous_id,
                     event_id=item.event_id,
                     properties=item.properties,
                 )
@@ -145,7 +145,11 @@ class Services:
         return events
 
     async def ingest(self, body: EventIn | EventBatchIn) -> EventsAccepted:
-        result = await self.store.ingest(self._events(body))
+        if isinstance(body, EventBatchIn):
+            items = [(f"events[{i}].", e, e.customer_id, e.anonymous_id) for i, e in enumerate(body.events)]
+        else:
+            items = [("", body, body.customer_id, body.anonymous_id)]
+        result = await self.store.ingest(self._events(items))
         return EventsAccepted(accepted=result.accepted, duplicates=result.duplicates)
 
     async def profile(self, profile_id: str, id_type: IdKind) -> dict[str, Any]:
@@ -191,19 +195,6 @@ class Services:
             "actions": actions,
         }
 
-    def _decide_event(self, body: DecideIn, event: DecideEventIn) -> Event:
-        as_event = EventIn(
-            customer_id=body.customer_id,
-            anonymous_id=body.anonymous_id,
-            **event.model_dump(exclude_unset=True),
-        )
-        try:
-            return self._events(as_event)[0]
-        except InvalidInput as exc:
-            for problem in exc.fields or []:
-                problem["field"] = f"event.{problem['field']}"
-            raise
-
     async def decide(self, body: DecideIn) -> dict[str, Any]:
         """Choose what to show; within the decision budget, or the placement's fallback, flagged."""
         started = time.perf_counter()
@@ -220,7 +211,11 @@ class Services:
             if body.customer_id is not None
             else store_keys.anonymous(str(body.anonymous_id))
         )
-        events = [self._decide_event(body, body.event)] if body.event is not None else []
+        events = (
+            self._events([("event.", body.event, body.customer_id, body.anonymous_id)])
+            if body.event is not None
+            else []
+        )
         now_ms = int(self.clock() * 1000)
         decision_id = new_decision_id(now_ms)
         ingested: Ingested | None = None
