@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -133,15 +133,29 @@ class LinearScorer:
         placement: str,
         now_ms: int,
     ) -> float:
-        prior = action.spec.prior
-        model = self.snapshot.actions.get(action.id)
-        if model is None or model.observations == 0:
-            return prior
-        x = vector(features, context, placement, now_ms)
-        weights = model.weights
-        learned = sigmoid(model.intercept + sum(v * weights.get(k, 0.0) for k, v in x.items()))
-        n = model.observations
-        return (PRIOR_WEIGHT * prior + n * learned) / (PRIOR_WEIGHT + n)
+        return self.for_situation(features, context, placement, now_ms)(action)
+
+    def for_situation(
+        self, features: Mapping[str, Any], context: Mapping[str, Any], placement: str, now_ms: int
+    ) -> Callable[[CompiledAction], float]:
+        """The propensity of each action in one situation: the feature vector is built once, when the
+        first action with a model asks for it, and shared by the others."""
+        x: dict[str, float] | None = None
+
+        def propensity(action: CompiledAction) -> float:
+            nonlocal x
+            prior = action.spec.prior
+            model = self.snapshot.actions.get(action.id)
+            if model is None or model.observations == 0:
+                return prior
+            if x is None:
+                x = vector(features, context, placement, now_ms)
+            weights = model.weights
+            learned = sigmoid(model.intercept + sum(v * weights.get(k, 0.0) for k, v in x.items()))
+            n = model.observations
+            return (PRIOR_WEIGHT * prior + n * learned) / (PRIOR_WEIGHT + n)
+
+        return propensity
 
     def maturity(self, action_id: str) -> str:
         model = self.snapshot.actions.get(action_id)

@@ -22,7 +22,7 @@ logged (never returned), so that uplift is measured against what control would h
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -41,15 +41,10 @@ class Scorer(Protocol):
     @property
     def version(self) -> str: ...
 
-    def propensity(
-        self,
-        action: CompiledAction,
-        features: Mapping[str, Any],
-        context: Mapping[str, Any],
-        placement: str,
-        now_ms: int,
-    ) -> float:
-        """The probability that this customer responds to the action here and now."""
+    def for_situation(
+        self, features: Mapping[str, Any], context: Mapping[str, Any], placement: str, now_ms: int
+    ) -> Callable[[CompiledAction], float]:
+        """For one customer, placement and moment: the probability that they respond to each action."""
         ...
 
     def maturity(self, action_id: str) -> str:
@@ -238,6 +233,7 @@ def decide(
     served: list[_Candidate] = []  # what this customer may be offered
     applicable = catalogue.by_placement.get(placement, ())
     rules = RuleScope(situation.features, situation.context)
+    propensity_of = scorer.for_situation(situation.features, situation.context, placement, situation.now_ms)
     for action in catalogue.actions.values():
         if placement not in action.spec.placements:
             verdicts[action.id] = Verdict(action.id, "ineligible", f"not offered on {placement}")
@@ -267,9 +263,7 @@ def decide(
         if withheld:
             verdicts[a.id] = Verdict(a.id, "holdout", f"in this action's {a.holdout:.0%} holdout")
             continue
-        propensity = scorer.propensity(
-            action, situation.features, situation.context, placement, situation.now_ms
-        )
+        propensity = propensity_of(action)
         candidate = _Candidate(action, propensity, priority(action, propensity, situation.context))
         treatment.append(candidate)
         if group == holdout.CONTROL and not a.exempt:
