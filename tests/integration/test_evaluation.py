@@ -27,6 +27,7 @@ from models import evaluate as ev
 from models.learner import Learner
 from policies.catalogue import Catalogue, load
 from tests.conftest import AppFactory, Clock
+from tests.integration.test_learner import decide
 
 CATALOGUE = Path(__file__).parents[1] / "fixtures" / "catalogue"
 SEED = "test-seed"
@@ -51,14 +52,6 @@ def catalogue_copy(tmp_path: Path) -> Path:
         text = text.replace(old, new)
     file.write_text(text)
     return folder
-
-
-async def decide(api: httpx.AsyncClient, customer: str, **body: Any) -> dict[str, Any]:
-    r = await api.post("/v1/decide", json={"customer_id": customer, "placement": PAGE, **body})
-    assert r.status_code == 200, r.text
-    answer: dict[str, Any] = r.json()
-    assert answer["fallback"] is False
-    return answer
 
 
 async def click(api: httpx.AsyncClient, answer: dict[str, Any]) -> None:
