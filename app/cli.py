@@ -6,7 +6,7 @@ them; on exit it stops both.
 
 ``nba learn`` runs the learner (models/learner.py) against ``NBA_REDIS_URL``: one per deployment.
 
-``nba evaluate`` (models/evaluate.py) and ``nba simulate`` (models/simulate.py) are offline tools with
+``nba evaluate`` (models/evaluate.py) and ``nba simulate`` (app/simulation.py) are offline tools with
 their own options (``--help``); they need the ``tools`` extra.
 
 ``nba check [PATH]`` checks a catalogue folder (by default ``NBA_POLICIES``, else the shipped one) as
@@ -193,9 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return evaluate.main(words[1:])
     if words and words[0] == "simulate":
-        from models import simulate
+        from app import simulation
 
-        return simulate.main(words[1:])
+        return simulation.main(words[1:])
     parser = argparse.ArgumentParser(prog="nba", description="Real-time next-best-action decisioning.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP API (and, by default, a private Redis)")

@@ -17,7 +17,7 @@ from app.auth import KeyRing
 from app.catalogues import Catalogues
 from app.limits import BodyLimits
 from app.routes import admin, customers, decisions, events, health
-from app.services import Services, store_config
+from app.services import Services, new_decision_id, store_config
 from app.settings import Settings
 from app.snapshots import Models
 from feature_store import ProfileStore, StoreUnavailable
@@ -31,8 +31,21 @@ class State(TypedDict):
     services: Services
 
 
-def create_app(settings: Settings | None = None, *, clock: Callable[[], float] = time.time) -> FastAPI:
-    """Build the service. Without ``settings`` they are read from the environment (``NBA_*``)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    decision_ids: Callable[[int], str] = new_decision_id,
+    models: Models | None = None,
+    watch: bool = True,
+) -> FastAPI:
+    """Build the service. Without ``settings`` they are read from the environment (``NBA_*``).
+
+    The keywords are for driving the service on simulated time (tests, ``nba simulate
+    --simulated-clock``): ``clock`` and ``decision_ids`` replace the wall clock and the random decision
+    ids; with ``watch=False`` no background task follows the store, and whoever holds ``models`` calls
+    its ``refresh`` when the simulated time says so.
+    """
     settings = settings or Settings()
     if (reason := settings.refuse_reason()) is not None:
         raise SystemExit(reason)
@@ -63,7 +76,15 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
                 max_connections=settings.store_max_connections,
             )
             stack.push_async_callback(store.aclose)
-            services = Services(settings, store, KeyRing(settings.api_keys), catalogues, Models(), clock)
+            services = Services(
+                settings,
+                store,
+                KeyRing(settings.api_keys),
+                catalogues,
+                models or Models(),
+                clock,
+                decision_ids,
+            )
             try:
                 await store.load_scripts()
             except StoreUnavailable as exc:  # the store may come later; /readyz tells
@@ -71,10 +92,16 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
             await catalogues.start(store)
             log.info("service_started", open=services.keys.open, catalogue=catalogues.live.version)
             async with asyncio.TaskGroup() as background:
-                watchers = [
-                    background.create_task(catalogues.watch(store, settings.catalogue_watch_s)),
-                    background.create_task(services.models.watch(store.learning(), settings.model_refresh_s)),
-                ]
+                watchers = (
+                    [
+                        background.create_task(catalogues.watch(store, settings.catalogue_watch_s)),
+                        background.create_task(
+                            services.models.watch(store.learning(), settings.model_refresh_s)
+                        ),
+                    ]
+                    if watch
+                    else []
+                )
                 yield {"services": services}
                 for watcher in watchers:
                     watcher.cancel()

@@ -110,6 +110,9 @@ class Services:
     catalogues: Catalogues
     models: Models = field(default_factory=Models)
     clock: Clock = time.time
+    # Decision ids (and so exploration draws, which are seeded by them); the simulator's simulated clock
+    # makes them reproducible.
+    new_id: Callable[[int], str] = field(default=new_decision_id)
 
     def _events(self, items: Sequence[tuple[str, EventFields, str | None, str | None]]) -> list[Event]:
         """Events from ``(field path prefix, what the event says, customer_id, anonymous_id)``; an event
@@ -217,7 +220,7 @@ class Services:
             else []
         )
         now_ms = int(self.clock() * 1000)
-        decision_id = new_decision_id(now_ms)
+        decision_id = self.new_id(now_ms)
         ingested: Ingested | None = None
         decision: Decision | None = None
         try:

@@ -3,16 +3,27 @@
 One loop, one process (``nba learn``; ``nba serve`` on its embedded Redis runs one itself). A lock in
 Redis keeps a second learner waiting rather than learning beside the first (two writers would drift).
 
+How it learns, with delayed feedback: every served action is learned as a negative as soon as its
+decision is read, and a positive reward is learned as a positive on top of it, as soon as it is known
+(an outcome when it is read; a purchase in a ``conversion`` or ``value`` window at the close). This is
+the "fake negative" method of Ktena et al., *Addressing Delayed Feedback for Continuous Training with
+Neural Networks in CTR prediction* (RecSys 2019): the model sees every example at once and in the order
+it happened, instead of its clicks now and its misses only when the window closes. It then estimates
+``q = p / (1 + p)`` for the true chance ``p``, which :mod:`models.snapshot` turns back into
+``p = q / (1 - q)``. Waiting for the close instead would have the model see an action's clicks some
+seconds or minutes before its misses, and favour whatever was shown last (docs/learning.md measures it).
+
 Each round:
 
-1. reads new decisions from the decision log, and enters each served action (and a control customer's
-   counterfactual ones) in the pending set, due when its attribution window closes;
+1. reads new decisions from the decision log: learns each served action as a negative, and enters it
+   (and a control customer's counterfactual ones) in the pending set, due when its attribution window
+   closes;
 2. reads new outcomes: one that earns a reward under its placement's ``reward`` is learned at once, if
    it happened within its attribution window;
-3. takes the pending entries whose window has closed and learns them: as a zero, or with what the
-   customer's purchases in the window earned;
+3. takes the pending entries whose window has closed and joins them: with what the customer's
+   purchases in the window earned (learned if positive), else as a zero (already learned);
 4. publishes when something changed, at most every ``publish_every_s`` (1 s by default): the snapshot,
-   the learned entries out of the pending set, the stream entries acknowledged and the joined rewards,
+   the joined entries out of the pending set, the stream entries acknowledged and the joined rewards,
    all in one transaction.
 
 The guarantee: an observation is learned exactly once, across restarts. Until a publish, what was
@@ -40,8 +51,8 @@ from river import linear_model, optim
 from feature_store.keys import DECISION_LOG, OUTCOME_LOG
 from feature_store.learning import LearnerStore
 from models.rewards import COUNTERFACTUAL, SERVED, Earned, Pending, at_close, from_outcome
-from models.snapshot import ActionModel, Snapshot, logit
-from models.vectorize import vector
+from models.snapshot import ActionModel, Snapshot, logit, to_model
+from models.vectorize import Centre, vector
 from policies.catalogue import Catalogue
 
 log = structlog.get_logger("nba.learner")
@@ -50,6 +61,10 @@ Clock = Callable[[], float]
 LOCK_MS = 15_000
 DEFAULT_ATTRIBUTION_MS = 30 * 60_000
 CLOSE_GRACE_MS = 2_000
+LEARNING_RATE = 0.3  # AdaGrad's; docs/learning.md says how it was chosen
+
+
+NEGATIVE = Earned(0.0, False, "served")
 
 
 @dataclass(slots=True)
@@ -77,7 +92,9 @@ def _regression(
 ) -> linear_model.LogisticRegression:
     """A logistic regression with AdaGrad: each feature's step shrinks with its own history, so counters
     that grow with every event cannot swamp rarer, more telling features (plain SGD let them)."""
-    model = linear_model.LogisticRegression(optimizer=optim.AdaGrad(0.1), l2=1e-4, intercept_init=intercept)
+    model = linear_model.LogisticRegression(
+        optimizer=optim.AdaGrad(LEARNING_RATE), l2=1e-4, intercept_init=intercept
+    )
     for name, weight in (weights or {}).items():
         model._weights[name] = weight
     for name, g2 in (optimizer or {}).items():
@@ -91,6 +108,8 @@ class Learner:
     catalogue: Callable[[], Catalogue]
     clock: Clock = time.time
     publish_every_s: float = 1.0
+    # What ``publish_every_s`` is measured on: the wall clock's seconds, unless a simulation moves time.
+    pace: Clock = time.monotonic
     log_max: int = 1_000_000
     batch: int = 500
     close_grace_ms: int = CLOSE_GRACE_MS
@@ -101,6 +120,7 @@ class Learner:
     _acks: dict[str, list[str]] = field(default_factory=lambda: {DECISION_LOG: [], OUTCOME_LOG: []})
     _rewards: list[dict[str, str]] = field(default_factory=list)
     _last_publish: float = 0.0
+    _centre: Centre = field(default_factory=Centre)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -108,7 +128,7 @@ class Learner:
     async def restore(self) -> None:
         """Start from the published snapshot, forgetting whatever this process learned and did not publish
         (``run`` after the store went away, say): the stream entries it came from are read again."""
-        self._actions, self._version = {}, 0
+        self._actions, self._version, self._centre = {}, 0, Centre()
         self._learned, self._learned_set, self._rewards = [], set(), []
         self._acks = {DECISION_LOG: [], OUTCOME_LOG: []}
         self.store.rewind()
@@ -116,6 +136,7 @@ class Learner:
         if text is None:
             return
         snapshot = Snapshot.from_json(text)
+        self._centre = snapshot.centre
         self._version = int(snapshot.version.removeprefix("m-")) if snapshot.version.startswith("m-") else 0
         for action_id, m in snapshot.actions.items():
             self._actions[action_id] = _Action(
@@ -166,6 +187,7 @@ class Learner:
 
     async def _take_decisions(self, catalogue: Catalogue) -> bool:
         found = False
+        now_ms = self.now_ms()
         while entries := await self.store.read(DECISION_LOG, self.batch):
             found = True
             due: dict[str, int] = {}
@@ -173,9 +195,13 @@ class Learner:
                 placement = catalogue.placements.get(fields.get("placement", ""))
                 window = placement.attribution if placement else DEFAULT_ATTRIBUTION_MS
                 close = int(fields["time_ms"]) + window
+                x = _vector(fields)
+                self._centre.update(x)  # every decision, control ones too: the traffic as it comes
                 for kind, name in ((SERVED, "actions"), (COUNTERFACTUAL, "counterfactual")):
                     for action in json.loads(fields.get(name, "[]")):
                         due[Pending(fields["decision_id"], action["action_id"], kind).member()] = close
+                        if kind == SERVED:  # the fake negative; a positive reward comes on top of it
+                            self._observe(action["action_id"], x, NEGATIVE, now_ms)
                 self._acks[DECISION_LOG].append(entry_id)
             await self.store.add_pending(due)
         return found
@@ -259,21 +285,18 @@ class Learner:
                     "source": earned.source,
                 }
             )
-            if pending.kind == COUNTERFACTUAL:
-                continue
-            self._observe(pending.action_id, summary, earned, now)
+            if pending.kind == SERVED and earned.positive:  # its negative was learned when it was served
+                self._observe(pending.action_id, _vector(summary), earned, now)
 
-    def _observe(self, action_id: str, summary: Mapping[str, str], earned: Earned, now_ms: int) -> None:
+    def _observe(self, action_id: str, x: Mapping[str, float], earned: Earned, now_ms: int) -> None:
+        """Learn one example of ``action_id``, with the decision's vector ``x`` (centred here)."""
         state = self._actions.get(action_id)
         if state is None:
             spec = self.catalogue().actions.get(action_id)
-            state = _Action(_regression(logit(spec.spec.prior if spec else 0.05)))
+            state = _Action(_regression(logit(to_model(spec.spec.prior if spec else 0.05))))
             self._actions[action_id] = state
-        features: dict[str, Any] = json.loads(summary.get("features", "{}"))
-        context: dict[str, Any] = json.loads(summary.get("context", "{}"))
-        x = vector(features, context, summary["placement"], int(summary["time_ms"]))
-        state.model.learn_one(x, earned.positive)
-        state.observations += 1
+        state.model.learn_one(self._centre.centred(x), earned.positive)
+        state.observations += int(not earned.positive)  # one per served action: its negative
         state.positives += int(earned.positive)
         state.reward_sum += earned.value
         state.updated_ms = now_ms
@@ -285,13 +308,15 @@ class Learner:
         """Publish what was learned since the last publish; the new version, or ``None``."""
         if not self._changed():
             return None
-        if not force and time.monotonic() - self._last_publish < self.publish_every_s:
+        if not force and self.pace() - self._last_publish < self.publish_every_s:
             return None
         snapshot_json = None
         version = f"m-{self._version}"
         if self._learned:  # a new model only when something was learned; else only acknowledgements
             version = f"m-{self._version + 1}"
-            snapshot = Snapshot(version, self.now_ms(), {a: s.frozen() for a, s in self._actions.items()})
+            models = {a: s.frozen() for a, s in self._actions.items()}
+            centre = Centre(dict(self._centre.means), dict(self._centre.variances), self._centre.count)
+            snapshot = Snapshot(version, self.now_ms(), models, centre)
             snapshot_json = snapshot.to_json()
         await self.store.publish(
             snapshot_json, version, self._learned, self._acks, self._rewards, self.log_max
@@ -300,11 +325,18 @@ class Learner:
             self._version += 1
         self._learned, self._learned_set, self._rewards = [], set(), []
         self._acks = {DECISION_LOG: [], OUTCOME_LOG: []}
-        self._last_publish = time.monotonic()
+        self._last_publish = self.pace()
         if snapshot_json is None:
             return None
         log.info("model_published", version=version, actions=len(self._actions))
         return version
+
+
+def _vector(summary: Mapping[str, str]) -> dict[str, float]:
+    """The vector of a decision, from its summary or its log entry (what the policy saw)."""
+    features: dict[str, Any] = json.loads(summary.get("features", "{}"))
+    context: dict[str, Any] = json.loads(summary.get("context", "{}"))
+    return vector(features, context, summary["placement"], int(summary["time_ms"]))
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

@@ -25,21 +25,17 @@ seeded by decision id, and when a model snapshot reaches the workers depends on 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import math
 import random
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
-
-from models.local_service import ServiceNotReady, running_service
 
 PLACEMENT: Final = "web.sim"
 ACTIONS: Final = ("discount_banner", "comparison_guide", "app_download", "new_arrivals")
@@ -276,34 +272,53 @@ async def simulate(
     at most ``rate`` per second: each a decide call, and a click outcome and a purchase when the ground
     truth says so. ``page_views``: each decide call carries the page view that prompted it, as a website's
     does (the profile's page-view counters then grow with every visit)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    started = time.monotonic()
+
+    async def wall_clock(i: int) -> None:
+        if (wait := started + i / rate - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as client:
+        return await drive(client, wall_clock, decisions, seed, customers, progress, page_views)
+
+
+async def drive(
+    client: httpx.AsyncClient,
+    pace: Callable[[int], Awaitable[None]],
+    decisions: int,
+    seed: int,
+    customers: int,
+    progress: bool,
+    page_views: bool,
+) -> SimulationResult:
+    """The visits, through ``client``, the ``i``-th after ``pace(i)`` returns: ``pace`` waits for the
+    wall clock (:func:`simulate`) or moves a simulated one (app/simulation.py)."""
     people = population(customers, seed)
     rng = random.Random(f"nba-simulate-run:{seed}")
     result = SimulationResult(seed, customers)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as client:
-        result.epsilon = await _check_catalogue(client)
-        bar = _progress_bar(decisions, progress)
-        started = time.monotonic()
-        try:
-            for i in range(decisions):
-                # Drawn whatever happens next, so that the draws do not depend on the service's answers.
-                customer = people[rng.randrange(customers)]
-                click_draw, purchase_draw = rng.random(), rng.random()
-                if (wait := started + i / rate - time.monotonic()) > 0:
-                    await asyncio.sleep(wait)
-                step, answer = await _visit(
-                    client, customer, click_draw, purchase_draw, f"{seed}-{i}", page_views
-                )
-                result.steps.append(step)
-                result.model_version = str(answer.get("model_version", result.model_version))
-                if bar is not None:
-                    bar.update(1)
-                    if (i + 1) % 100 == 0 and (running := result.windowed()[-1]) is not None:
-                        bar.set_postfix_str(f"vs oracle {running:.0%}")
-        finally:
+    result.epsilon = await _check_catalogue(client)
+    bar = _progress_bar(decisions, progress)
+    started = time.monotonic()
+    try:
+        for i in range(decisions):
+            # Drawn whatever happens next, so that the draws do not depend on the service's answers.
+            customer = people[rng.randrange(customers)]
+            click_draw, purchase_draw = rng.random(), rng.random()
+            await pace(i)
+            step, answer = await _visit(
+                client, customer, click_draw, purchase_draw, f"{seed}-{i}", page_views
+            )
+            result.steps.append(step)
+            result.model_version = str(answer.get("model_version", result.model_version))
             if bar is not None:
-                bar.close()
-        result.elapsed_s = time.monotonic() - started
+                bar.update(1)
+                if (i + 1) % 100 == 0 and (running := result.windowed()[-1]) is not None:
+                    bar.set_postfix_str(f"vs oracle {running:.0%}")
+    finally:
+        if bar is not None:
+            bar.close()
+    result.elapsed_s = time.monotonic() - started
     return result
 
 
@@ -454,76 +469,3 @@ def plot(result: SimulationResult, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The command
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``nba simulate [--url URL] [--decisions N] [--seed S] [--out PNG] [--key KEY]``."""
-    parser = argparse.ArgumentParser(
-        prog="nba simulate",
-        description="Drive the service with a synthetic population whose true responses are known, and "
-        "compare what it learns with uniform random and the oracle (docs/simulation.md).",
-    )
-    parser.add_argument(
-        "--url",
-        help="a running service with the simulation catalogue (nba serve --policies "
-        f"{catalogue_path()}); default: start one on an embedded Redis, with its learner",
-    )
-    parser.add_argument("--decisions", type=int, default=3000, help="visits to simulate (default 3000)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the population and its luck (default 1)")
-    parser.add_argument("--customers", type=int, default=300, help="population size (default 300)")
-    parser.add_argument("--rate", type=float, default=40.0, help="decisions per second at most (default 40)")
-    parser.add_argument("--out", type=Path, default=Path("docs/simulation.png"), help="the PNG to write")
-    parser.add_argument("--key", help="an API key with the web scope, for a service that needs one")
-    parser.add_argument(
-        "--no-page-views",
-        action="store_true",
-        help="decide calls carry no page view event (by default each does, as a website's would)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.decisions < 1 or args.customers < 1 or args.rate <= 0:
-        parser.error("--decisions, --customers and --rate must be positive")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print("nba simulate: the plot needs matplotlib: pip install 'nba[tools]'", file=sys.stderr)
-        return 2
-
-    def run(url: str) -> SimulationResult:
-        return asyncio.run(
-            simulate(
-                url,
-                decisions=args.decisions,
-                seed=args.seed,
-                api_key=args.key,
-                progress=not args.no_progress,
-                customers=args.customers,
-                rate=args.rate,
-                page_views=not args.no_page_views,
-            )
-        )
-
-    try:
-        if args.url:
-            result = run(args.url)
-        else:
-            with running_service("--policies", str(catalogue_path())) as service:
-                url = service.base_url
-                result = run(url)
-    except (SimulationError, ServiceNotReady, httpx.HTTPError) as exc:
-        print(f"nba simulate: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    print(json.dumps(result.summary(), separators=(",", ":")))
-    plot(result, args.out)
-    print(f"nba simulate: wrote {args.out}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,11 +4,15 @@ A snapshot is JSON (no pickle: workers never execute what they read from the sto
 weights and intercept of a logistic regression over :func:`models.vectorize.vector`, and the counts
 behind it. Scoring is a sparse dot product, microseconds per action.
 
+The models are learned with fake negatives (models/learner.py): each estimates ``q = p / (1 + p)``
+for the chance ``p`` of a positive reward, which scoring turns back with ``p = q / (1 - q)``
+(:func:`to_model`, :func:`from_model`).
+
 Until an action has evidence, its catalogue ``prior`` holds: the propensity is
 ``(n0 * prior + n * model) / (n0 + n)`` with ``n`` observations and ``n0 = PRIOR_WEIGHT``, and a new
 action's model starts at the prior too (its intercept is the prior's log-odds). So a new action is
 neither starved (it scores its prior, and exploration shows it) nor flooded (a few lucky clicks move
-it only part of the way).
+it only part of the way). ``n`` counts the times the action was served.
 
 Maturity, per action: ``cold`` under ``COLD_BELOW`` observations; ``learning`` until it has both
 ``MATURE_AT`` observations and ``MATURE_POSITIVES`` positive rewards; then ``mature``.
@@ -22,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from models.vectorize import vector
+from models.vectorize import Centre, for_raw, vector
 from policies.catalogue import CompiledAction
 
 PRIOR_WEIGHT: Final = 20.0
@@ -41,6 +45,17 @@ def sigmoid(z: float) -> float:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+def to_model(p: float) -> float:
+    """What a model learned with fake negatives estimates, for a chance ``p`` of a positive reward."""
+    return p / (1.0 + p)
+
+
+def from_model(q: float) -> float:
+    """The chance of a positive reward, from what a model learned with fake negatives estimates. ``q``
+    above 1/2 would mean more positives than examples, which only a model still settling can say."""
+    return min(1.0, q / (1.0 - q)) if q < 0.5 else 1.0
 
 
 def maturity(observations: int, positives: int) -> str:
@@ -69,6 +84,9 @@ class Snapshot:
     version: str
     published_ms: int
     actions: Mapping[str, ActionModel] = field(default_factory=dict)
+    # What the models learned on (models/vectorize.py, Centre): each feature's mean and variance, and
+    # over how many decisions.
+    centre: Centre = field(default_factory=Centre)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -86,6 +104,13 @@ class Snapshot:
                         "optimizer": dict(m.optimizer),
                     }
                     for a, m in self.actions.items()
+                },
+                "centre": {
+                    "count": self.centre.count,
+                    "features": {
+                        name: [mean, self.centre.variances.get(name, 0.0)]
+                        for name, mean in self.centre.means.items()
+                    },
                 },
             },
             separators=(",", ":"),
@@ -109,7 +134,17 @@ class Snapshot:
                 )
                 for a, m in data["actions"].items()
             },
+            centre=_centre(data.get("centre", {})),
         )
+
+
+def _centre(data: Mapping[str, Any]) -> Centre:
+    features = data.get("features", {})
+    return Centre(
+        means={k: float(m) for k, (m, _) in features.items()},
+        variances={k: float(v) for k, (_, v) in features.items()},
+        count=int(data.get("count", 0)),
+    )
 
 
 EMPTY: Final = Snapshot(version="prior", published_ms=0)
@@ -120,6 +155,17 @@ class LinearScorer:
     """Implements :class:`policies.funnel.Scorer` with a snapshot's models, blended with the priors."""
 
     snapshot: Snapshot = EMPTY
+    # Per action, its model as one that scores raw vectors (vectorize.for_raw): intercept and weights,
+    # worked out once, when a snapshot is loaded, off the hot path.
+    raw: Mapping[str, tuple[float, Mapping[str, float]]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        centre = self.snapshot.centre
+        scale = centre.scale
+        raw = {
+            a: for_raw(m.intercept, m.weights, centre.means, scale) for a, m in self.snapshot.actions.items()
+        }
+        object.__setattr__(self, "raw", raw)
 
     @property
     def version(self) -> str:
@@ -150,8 +196,9 @@ class LinearScorer:
                 return prior
             if x is None:
                 x = vector(features, context, placement, now_ms)
-            weights = model.weights
-            learned = sigmoid(model.intercept + sum(v * weights.get(k, 0.0) for k, v in x.items()))
+            intercept, weights = self.raw[action.id]
+            z = intercept + sum(v * weights.get(k, 0.0) for k, v in x.items())
+            learned = from_model(sigmoid(z))
             n = model.observations
             return (PRIOR_WEIGHT * prior + n * learned) / (PRIOR_WEIGHT + n)
 

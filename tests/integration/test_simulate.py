@@ -1,17 +1,19 @@
-"""The simulator (models/simulate.py): its ground truth, and a seeded run against the real service.
+"""The simulator (models/simulate.py, app/simulation.py): its ground truth, and seeded runs.
 
-The run starts ``nba serve`` with the simulation catalogue on its embedded Redis, which also runs the
-learner, and drives it over HTTP like a website: decide calls carrying the page view, click outcomes,
-purchases. Once, with a fixed seed: the bound below leaves room for the noise of a run.
+- On simulated time: the app in process with its learner, one clock, counted decision ids. A seed fixes
+  the whole run, so the run is checked against the figures docs/simulation.md promises.
+- On the wall clock: ``nba serve`` with the simulation catalogue on its embedded Redis, which also runs
+  the learner, driven over HTTP like a website. Timing plays a part (how far the learner lags), so the
+  bound leaves room for it.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 
+from app.simulation import simulate_on_simulated_time
 from load_tests.service import running_service
 from models.simulate import (
     ACTIONS,
@@ -24,6 +26,8 @@ from models.simulate import (
     references,
     simulate,
 )
+
+LEARNING = 2000  # docs/simulation.md: what the service earns after this many decisions is 90% of the oracle's
 
 SEED = 1  # the command's default, the run shown in docs/simulation.md
 DECISIONS = 1500  # at 40 a second: under 40 s
@@ -70,22 +74,40 @@ def test_the_true_uplift_is_what_a_click_adds_to_the_chance_of_buying() -> None:
     assert expected_uplift(0.3) == pytest.approx(0.3 * (CLICK_CONVERSION - BASE_CONVERSION))
 
 
+async def test_on_simulated_time_a_seed_fixes_the_whole_run() -> None:
+    one = await simulate_on_simulated_time(decisions=300, seed=SEED, progress=False)
+    two = await simulate_on_simulated_time(decisions=300, seed=SEED, progress=False)
+    assert one.steps == two.steps
+    assert one.model_version == two.model_version != "prior"
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("NBA_SIMULATION_TEST") != "1",
-    reason="timing-dependent, and the learner does not meet this bound reliably yet (docs/simulation.md); "
-    "NBA_SIMULATION_TEST=1 runs it",
-)
-async def test_a_seeded_simulation_learns() -> None:
-    """Over the last third of 1500 decisions, the service's choices earn (in expectation under the
-    ground truth) clearly more than uniform random's, and more than any one-size-fits-all policy.
+async def test_the_learned_policy_earns_ninety_percent_of_the_oracle_after_its_first_decisions() -> None:
+    """The promise of docs/simulation.md, on seed 1: from decision 2000 on, the service's choices earn
+    (in expectation under the ground truth) at least 90% of what the oracle's do. Exploring with
+    epsilon 0.1, the most any policy can expect is 0.944 of the oracle; uniform random earns 0.437."""
+    result = await simulate_on_simulated_time(decisions=3000, seed=SEED, progress=False)
+    summary = result.summary()
+    assert summary["fallbacks"] == 0, summary
+    assert result.ratio(LEARNING) >= 0.9, summary
+    reached, _ = result.target_points()
+    assert reached is not None, summary
+    assert reached <= LEARNING, summary
+    assert all(s.action is None for s in result.steps if s.group == "control")
+
+
+@pytest.mark.slow
+async def test_a_seeded_simulation_learns_on_the_wall_clock() -> None:
+    """Over the last third of 1500 decisions against ``nba serve``, the service's choices earn clearly
+    more than uniform random's, and more than any one-size-fits-all policy.
 
     The bound: a quarter of the way from uniform random (which is also what a service that learned
     nothing earns: equal priors tie, and ties are drawn uniformly) to the ceiling of epsilon-greedy
     with perfect knowledge; for this population, 0.437 + (0.944 - 0.437) / 4 = 0.564 of the oracle. A
     service that learned nothing sits at 0.44 with a standard deviation of about 0.02 over the ~450
     scored decisions of the last third, so it cannot pass by luck; the best one-size-fits-all policy
-    earns 0.508, so passing needs the context.
+    earns 0.508, so passing needs the context. The service as it learns today earns about 0.9 there
+    (docs/simulation.md): the bound leaves room for a slow machine, on which the learner lags.
     """
     refs = references(population(300, SEED), EPSILON)
     bound = refs["random"] + (refs["ceiling"] - refs["random"]) / 4

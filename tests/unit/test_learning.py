@@ -23,11 +23,13 @@ from models.snapshot import (
     ActionModel,
     LinearScorer,
     Snapshot,
+    from_model,
     logit,
     maturity,
     sigmoid,
+    to_model,
 )
-from models.vectorize import vector
+from models.vectorize import CENTRE_WINDOW, CROSSED, Centre, for_raw, vector
 from policies.catalogue import Catalogue, load
 
 NOW = 1_795_000_000_000  # a fixed instant (ms), mid-afternoon UTC
@@ -133,6 +135,11 @@ def test_a_snapshot_round_trips_through_json() -> None:
             ),
             "generic_banner": ActionModel(weights={}, intercept=0.0),
         },
+        Centre(
+            {"faq_view_30m": 0.5, "ctx.device=mobile": 0.25},
+            {"faq_view_30m": 0.1, "ctx.device=mobile": 0.0},
+            40,
+        ),
     )
     text = snapshot.to_json()
     assert json.loads(text)["version"] == "m-7"
@@ -143,7 +150,10 @@ def test_a_snapshot_round_trips_through_json() -> None:
 
 
 def _model(p: float, n: int, positives: int = 0, weights: dict[str, float] | None = None) -> ActionModel:
-    return ActionModel(weights=weights or {}, intercept=logit(p), observations=n, positives=positives)
+    """A model that says ``p`` (before ``weights``), learned with fake negatives."""
+    return ActionModel(
+        weights=weights or {}, intercept=logit(to_model(p)), observations=n, positives=positives
+    )
 
 
 def test_without_a_model_the_propensity_is_exactly_the_prior(catalogue: Catalogue) -> None:
@@ -189,10 +199,96 @@ def test_the_blend_moves_monotonically_toward_the_model(catalogue: Catalogue) ->
 def test_the_scorer_reads_the_weights_of_the_vector(catalogue: Catalogue) -> None:
     chat = catalogue.actions["proactive_chat"]
     f = {**features(None, NOW), "faq_view_30m": 3}
-    model = _model(0.5, 10**9, weights={"faq_view_30m": 2.0, "ctx.device=mobile": -1.0})
+    model = _model(0.5, 10**9, weights={"faq_view_30m": 0.5, "ctx.device=mobile": -1.0})
     scorer = LinearScorer(Snapshot("m", NOW, {"proactive_chat": model}))
     got = scorer.propensity(chat, f, {"device": "mobile"}, "web.product_page", NOW)
-    assert got == pytest.approx(sigmoid(2.0 * math.log1p(3) - 1.0), rel=1e-6)
+    z = logit(1 / 3) + 0.5 * math.log1p(3) - 1.0  # the model's log-odds: its q, from which p = q / (1 - q)
+    assert got == pytest.approx(math.exp(z), rel=1e-6)  # q / (1 - q) is the odds
+    assert 0 < got < 0.5
+
+
+@pytest.mark.parametrize("p", [0.0, 1e-4, 0.05, 0.3, 0.5, 0.99, 1.0])
+def test_fake_negatives_map_a_chance_to_what_the_model_learns_and_back(p: float) -> None:
+    q = to_model(p)
+    # Every example is learned as a negative, and each positive once more: of 1 + p examples, p positive.
+    assert q == pytest.approx(p / (1 + p))
+    assert 0 <= q <= 0.5
+    assert from_model(q) == pytest.approx(p)
+
+
+def test_a_model_saying_more_positives_than_examples_reads_as_certain() -> None:
+    assert from_model(0.5) == from_model(0.7) == 1.0
+    assert from_model(0.49) < 1.0
+
+
+def test_the_centre_keeps_exact_means_and_variances_then_follows_the_traffic() -> None:
+    centre = Centre()
+    rows = [{"a": 1.0, "ctx.x=1": 1.0}, {"a": 3.0}, {"a": 2.0, "b": 4.0}]
+    for x in rows:
+        centre.update(x)
+    assert centre.count == 3
+    assert centre.means["a"] == pytest.approx(2.0)
+    assert centre.variances["a"] == pytest.approx(2 / 3)  # population variance of 1, 3, 2
+    assert centre.means["b"] == pytest.approx(4 / 3)  # missing counts as 0
+    assert centre.variances["b"] == pytest.approx(((4 / 3) ** 2 * 2 + (8 / 3) ** 2) / 3)
+    assert centre.means["ctx.x=1"] == pytest.approx(1 / 3)
+    # Past the window, a new value weighs 1 / CENTRE_WINDOW: the mean moves toward what comes.
+    before = centre.means["a"]
+    centre.count = CENTRE_WINDOW
+    centre.update({"a": 2.0 + CENTRE_WINDOW})
+    assert centre.means["a"] == pytest.approx(before + 1.0)
+
+
+def test_a_feature_not_seen_for_long_fades_out_of_the_centre() -> None:
+    centre = Centre(count=CENTRE_WINDOW)
+    centre.update({"ctx.page=/old": 1.0})
+    for _ in range(200_000 // 1000):
+        for _ in range(1000):
+            centre.update({"a": 1.0})
+        if "ctx.page=/old" not in centre.means:
+            break
+    assert "ctx.page=/old" not in centre.means
+    assert centre.means["a"] > 0.99
+
+
+def test_only_the_features_the_service_makes_are_scaled_and_never_up() -> None:
+    centre = Centre({"a": 0.0, "b": 0.0, "ctx.n": 0.0}, {"a": 8.0, "b": 8.0, "ctx.n": 100.0}, 10)
+    assert centre.scale == pytest.approx(0.25)  # 1 / sqrt(8 + 8): the context's variance is the caller's
+    assert centre.centred({"a": 2.0, "ctx.n": 10.0}) == {"a": 0.5, "b": 0.0, "ctx.n": 10.0}
+    assert Centre({"a": 0.0}, {"a": 0.01}, 10).scale == 1.0
+
+
+def test_a_model_of_centred_vectors_scores_raw_ones_alike() -> None:
+    centre = Centre({"a": 1.5, "b": 0.2, "ctx.x=1": 0.4}, {"a": 9.0, "b": 7.0, "ctx.x=1": 0.24}, 100)
+    weights = {"a": 0.7, "b": -1.1, "ctx.x=1": 2.0, "ctx.y": 0.3}
+    intercept, raw = for_raw(-1.2, weights, centre.means, centre.scale)
+    for x in ({"a": 3.0}, {"b": 1.0, "ctx.x=1": 1.0}, {}, {"a": 1.0, "ctx.y": -4.0, "ctx.new=1": 1.0}):
+        centred = centre.centred(x)
+        expected = -1.2 + sum(w * centred.get(k, 0.0) for k, w in weights.items())
+        assert intercept + sum(v * raw.get(k, 0.0) for k, v in x.items()) == pytest.approx(expected)
+
+
+def test_the_scorer_scores_a_snapshot_as_the_learner_learned_it(catalogue: Catalogue) -> None:
+    chat = catalogue.actions["proactive_chat"]
+    f = {**features(None, NOW), "faq_view_30m": 3}
+    centre = Centre({"faq_view_30m": 1.0, "ctx.device=mobile": 0.5}, {"faq_view_30m": 4.0}, 50)
+    model = _model(0.1, 10**9, weights={"faq_view_30m": 0.5, "ctx.device=mobile": -1.0})
+    scorer = LinearScorer(Snapshot("m", NOW, {"proactive_chat": model}, centre))
+    got = scorer.propensity(chat, f, {"device": "mobile"}, "web.product_page", NOW)
+    x = centre.centred(vector(f, {"device": "mobile"}, "web.product_page", NOW))
+    z = model.intercept + sum(w * x.get(k, 0.0) for k, w in model.weights.items())
+    assert got == pytest.approx(from_model(sigmoid(z)), rel=1e-6)  # the prior weighs 20 in 10**9
+
+
+def test_categorical_context_is_crossed_in_pairs_for_the_first_keys() -> None:
+    x = vector({}, {"segment": "deal", "device": "mobile", "price": 12.5, "vip": True}, "web.p", NOW)
+    assert x["ctx.device=mobile&segment=deal"] == 1.0
+    assert x["ctx.device=mobile&vip=true"] == x["ctx.segment=deal&vip=true"] == 1.0
+    assert not any("price" in k and "&" in k for k in x)  # numbers are not crossed
+    many = vector({}, {f"k{i:02d}": "v" for i in range(CROSSED + 3)}, "web.p", NOW)
+    crossed = {k for k in many if "&" in k}
+    assert len(crossed) == CROSSED * (CROSSED - 1) // 2
+    assert all(f"k{CROSSED:02d}" not in k for k in crossed)  # only the first CROSSED keys, by name
 
 
 @pytest.mark.parametrize(
