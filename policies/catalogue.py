@@ -16,7 +16,7 @@ from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
@@ -25,6 +25,7 @@ from pydantic_core import ErrorDetails
 from policies.durations import parse_duration
 from policies.rules import ALWAYS, Rule, RuleError, compile_rule
 
+_T = TypeVar("_T")
 _NAME = r"^[a-z][a-z0-9_.\-]{0,63}$"
 # parse_duration takes a bare number as seconds, a negative one too: a window or cooldown of none is
 # no window at all.
@@ -128,6 +129,69 @@ class Placement(_Model):
         return value
 
 
+Secret = Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")]
+
+
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+class Destination(_Model):
+    """Where the actions that name it are delivered: a marketing-automation platform's webhook
+    endpoint. Signed per Standard Webhooks with the secret in the environment variable ``secret``
+    (never in the catalogue, never logged or returned)."""
+
+    url: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=2048)
+    secret: Secret = Field(description="The environment variable that holds the signing secret.")
+    timeout: Duration = Field(10_000, description="Per attempt (e.g. 5s).")
+    concurrency: int = Field(4, ge=1, le=64, description="Deliveries in flight at once, per worker.")
+    attempts: int = Field(8, ge=1, le=30, description="Attempts before a delivery is a dead letter.")
+    description: str = ""
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_in_range(cls, value: int) -> int:
+        if value > 60_000:
+            raise ValueError("timeout is at most 60s")
+        return value
+
+
+class Source(_Model):
+    """A platform that sends events in: ``POST /v1/webhooks/<name>``, signed per Standard Webhooks
+    with the secret in the environment variable ``secret``. ``format``: the shape of its payloads
+    (docs/webhooks.md)."""
+
+    secret: Secret = Field(description="The environment variable that holds the signing secret.")
+    format: Literal["generic", "resend"] = "generic"
+    customer_tag: Name = Field(
+        "customer_id", description="resend: the email tag that carries the customer id."
+    )
+    description: str = ""
+
+
+class Trigger(_Model):
+    """A decision made when time passes: ``delay`` after a ``start`` event, unless a ``cancel`` event
+    came first, for ``placement``, if ``condition`` holds then."""
+
+    id: Name
+    start: Annotated[tuple[EventType, ...], BeforeValidator(_one_or_many)] = Field(min_length=1)
+    delay: Duration
+    cancel: Annotated[tuple[EventType, ...], BeforeValidator(_one_or_many)] = ()
+    condition: str = ALWAYS
+    placement: Name
+    late: Duration = Field(
+        24 * 3_600_000, description="A trigger found due more than this late is dropped, not fired."
+    )
+    description: str = ""
+
+    @field_validator("delay")
+    @classmethod
+    def _delay_in_range(cls, value: int) -> int:
+        if value > 366 * 86_400_000:
+            raise ValueError("delay is at most 366d")
+        return value
+
+
 class Action(_Model):
     id: Name
     channel: Name
@@ -147,6 +211,10 @@ class Action(_Model):
         default_factory=dict
     )
     prior: float = Field(0.05, gt=0.0, lt=1.0, description="The propensity assumed until a model learns one.")
+    destination: Name | None = Field(
+        None, description="The destination that delivers it, when a trigger fires."
+    )
+    needs: tuple[str, ...] = Field((), description="Profile features sent with a delivery.")
     description: str = ""
 
     @field_validator("context_weights")
@@ -169,6 +237,9 @@ class CatalogueFile(_Model):
     event_types: tuple[EventType, ...] = ()
     placements: dict[Name, Placement] = Field(default_factory=dict)
     actions: tuple[Action, ...] = ()
+    destinations: dict[Name, Destination] = Field(default_factory=dict)
+    sources: dict[Name, Source] = Field(default_factory=dict)
+    triggers: tuple[Trigger, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +274,17 @@ class CompiledAction:
 
 
 @dataclass(frozen=True, slots=True)
+class CompiledTrigger:
+    spec: Trigger
+    condition: Rule
+    source: str
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+@dataclass(frozen=True, slots=True)
 class Catalogue:
     version: str
     holdout: Holdout
@@ -213,6 +295,15 @@ class Catalogue:
     by_placement: Mapping[str, tuple[CompiledAction, ...]]
     source: str
     event_types: tuple[str, ...] = ()  # declared custom types, as feature names use them
+    destinations: Mapping[str, Destination] = field(default_factory=dict)
+    sources: Mapping[str, Source] = field(default_factory=dict)
+    triggers: Mapping[str, CompiledTrigger] = field(default_factory=dict)
+
+    def triggers_started_by(self, event_type: str) -> tuple[CompiledTrigger, ...]:
+        return tuple(t for t in self.triggers.values() if event_type in t.spec.start)
+
+    def triggers_cancelled_by(self, event_type: str) -> tuple[CompiledTrigger, ...]:
+        return tuple(t for t in self.triggers.values() if event_type in t.spec.cancel)
 
     def public(self) -> dict[str, Any]:
         """What ``GET /v1/actions`` shows."""
@@ -427,6 +518,19 @@ def _salvage(name: str, data: dict[Any, Any]) -> _Part:
     )
 
 
+def _add_named(
+    kind: str,
+    found: dict[str, tuple[str, _T]],
+    section: Mapping[str, _T],
+    file: str,
+    problems: list[CatalogueProblem],
+) -> None:
+    for key, value in section.items():
+        if key in found:
+            problems.append(CatalogueProblem(file, f"{kind} {key!r}", f"also defined in {found[key][0]}"))
+        found[key] = (file, value)
+
+
 def load(path: Path, features: Collection[str]) -> Catalogue:
     """Load and check every YAML file under ``path``. Raises :class:`CatalogueInvalid` with every problem."""
     if not path.exists():
@@ -450,8 +554,19 @@ def load(path: Path, features: Collection[str]) -> Catalogue:
     actions: dict[str, tuple[str, Action]] = {}
     definitions: list[tuple[str, Action]] = []
     event_types: set[str] = set()
+    destinations: dict[str, tuple[str, Destination]] = {}
+    sources: dict[str, tuple[str, Source]] = {}
+    triggers: dict[str, tuple[str, Trigger]] = {}
     for part in parts:
         name = part.name
+        _add_named("destination", destinations, part.content.destinations, name, problems)
+        _add_named("source", sources, part.content.sources, name, problems)
+        for trigger in part.content.triggers:
+            if trigger.id in triggers:
+                other = triggers[trigger.id][0]
+                problems.append(CatalogueProblem(name, f"trigger {trigger.id!r}", f"also defined in {other}"))
+            else:
+                triggers[trigger.id] = (name, trigger)
         for section in ("version", "holdout", "exploration", "contact_policy"):
             if section not in part.declared:
                 continue
@@ -515,8 +630,45 @@ def load(path: Path, features: Collection[str]) -> Catalogue:
                         f"the action on {action.channel!r}",
                     )
                 )
+        if action.destination is not None and action.destination not in destinations:
+            close = difflib.get_close_matches(action.destination, destinations, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(
+                CatalogueProblem(
+                    name, f"{where}.destination", f"no destination {action.destination!r}{hint}{unless}"
+                )
+            )
+        for need in action.needs:
+            if need not in known:
+                close = difflib.get_close_matches(need, known, n=1)
+                hint = f"; did you mean {close[0]}?" if close else " (docs/profile.md lists the features)"
+                problems.append(
+                    CatalogueProblem(name, f"{where}.needs", f"no profile feature {need!r}{hint}")
+                )
         if rule is not None and action_id not in compiled:
             compiled[action_id] = CompiledAction(action, rule, name)
+    compiled_triggers: dict[str, CompiledTrigger] = {}
+    for trigger_id, (name, trigger) in triggers.items():
+        where = f"trigger {trigger_id!r}"
+        condition: Rule | None = None
+        try:
+            condition = compile_rule(trigger.condition, known)
+        except RuleError as exc:
+            problems.append(CatalogueProblem(name, f"{where}.condition", str(exc)))
+        if trigger.placement not in placements and trigger.placement not in broken_placements:
+            close = difflib.get_close_matches(trigger.placement, placements, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(
+                CatalogueProblem(
+                    name, f"{where}.placement", f"no placement {trigger.placement!r}{hint}{unless}"
+                )
+            )
+        if both := sorted(set(trigger.start) & set(trigger.cancel)):
+            problems.append(
+                CatalogueProblem(name, f"{where}.cancel", f"{', '.join(both)} both starts and cancels it")
+            )
+        if condition is not None:
+            compiled_triggers[trigger_id] = CompiledTrigger(trigger, condition, name)
     for placement_name, (name, placement) in placements.items():
         for fallback in placement.fallback:
             target = actions.get(fallback)
@@ -560,4 +712,7 @@ def load(path: Path, features: Collection[str]) -> Catalogue:
         by_placement=by_placement,
         source=str(path),
         event_types=tuple(sorted(event_types)),
+        destinations={n: d for n, (_, d) in destinations.items()},
+        sources={n: d for n, (_, d) in sources.items()},
+        triggers=compiled_triggers,
     )
