@@ -15,11 +15,13 @@ from app import errors
 from app import logging as app_logging
 from app.auth import KeyRing
 from app.catalogues import Catalogues
+from app.delivery import DeliveryConfig, DeliveryWorker
 from app.limits import BodyLimits
-from app.routes import admin, customers, decisions, events, health
+from app.routes import admin, customers, decisions, deliveries, events, health, webhooks
 from app.services import Services, new_decision_id, store_config
 from app.settings import Settings
 from app.snapshots import Models
+from app.triggers import TriggerWorker
 from feature_store import ProfileStore, StoreUnavailable
 from feature_store.embedded import EmbeddedRedis
 from policies.catalogue import CatalogueInvalid, default_path
@@ -91,6 +93,25 @@ def create_app(
                 log.warning("store_not_ready_at_start", error=str(exc))
             await catalogues.start(store)
             log.info("service_started", open=services.keys.open, catalogue=catalogues.live.version)
+            # Webhook deliveries (app/delivery.py), to the destinations of whichever catalogue is live.
+            # A delivery is the contact it makes: the contact policy counts it once it succeeded.
+            delivering = DeliveryWorker(
+                store.outbox(),
+                lambda: catalogues.live.destinations,
+                DeliveryConfig.of(settings),
+                clock=clock,
+                on_delivered=services.record_delivery,
+            )
+            stack.push_async_callback(delivering.aclose)
+            # Timed triggers (app/triggers.py): decisions made when time passes, delivered by the above.
+            firing = TriggerWorker(
+                services,
+                store.triggers(),
+                store.outbox(),
+                clock=clock,
+                lease_ms=round(settings.trigger_lease_s * 1000),
+            )
+            stop_delivering = asyncio.Event()
             async with asyncio.TaskGroup() as background:
                 watchers = (
                     [
@@ -102,7 +123,11 @@ def create_app(
                     if watch
                     else []
                 )
+                if watch:
+                    background.create_task(delivering.run(stop_delivering))
+                    background.create_task(firing.run(stop_delivering, settings.trigger_poll_s))
                 yield {"services": services}
+                stop_delivering.set()  # the attempts in flight finish (within their timeout), none start
                 for watcher in watchers:
                     watcher.cancel()
 
@@ -114,7 +139,7 @@ def create_app(
     )
     errors.install(app, retry_after_s=settings.retry_after_s)
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes)
-    for module in (events, decisions, customers, admin, health):
+    for module in (events, decisions, customers, admin, health, webhooks, deliveries):
         app.include_router(module.router)
     app.include_router(admin.models_router)
     return app

@@ -35,9 +35,12 @@ from app.snapshots import Models
 from feature_store import Event, IdKind, ProfileStore, StageRules, StoreConfig, StoreUnavailable
 from feature_store import keys as store_keys
 from feature_store.features import NEVER, features
+from feature_store.outbox import Message
 from feature_store.profile import ContactRecord, iso
 from feature_store.store import DecisionRecord, Ingested
+from feature_store.triggers import TriggerOp
 from policies import funnel
+from policies.catalogue import Catalogue
 from policies.funnel import Choice, Decision, Situation
 
 log = structlog.get_logger("nba.decisions")
@@ -53,6 +56,28 @@ def store_config(settings: Settings) -> StoreConfig:
         decision_ttl_ms=settings.decision_ttl_hours * 3_600_000,
         log_max=settings.decision_log_max,
     )
+
+
+def trigger_ops(catalogue: Catalogue, events: Sequence[Event]) -> list[TriggerOp]:
+    """The trigger instances these events start and cancel: known customers' only (a trigger acts
+    for someone who can be reached), each due at the event's time plus the trigger's delay."""
+    ops: list[TriggerOp] = []
+    if not catalogue.triggers:
+        return ops
+    for event in events:
+        if event.customer_id is None:
+            continue
+        ref = store_keys.customer(event.customer_id).ref
+        for trigger in catalogue.triggers_started_by(event.type):
+            ops.append(TriggerOp(True, trigger.id, ref, event.time_ms, trigger.spec.delay))
+        for trigger in catalogue.triggers_cancelled_by(event.type):
+            ops.append(TriggerOp(False, trigger.id, ref, event.time_ms, trigger.spec.delay))
+    return ops
+
+
+def _delivered(catalogue: Catalogue, action_id: str) -> bool:
+    action = catalogue.actions.get(action_id)
+    return action is not None and action.spec.destination is not None
 
 
 def new_decision_id(now_ms: int) -> str:
@@ -152,7 +177,8 @@ class Services:
             items = [(f"events[{i}].", e, e.customer_id, e.anonymous_id) for i, e in enumerate(body.events)]
         else:
             items = [("", body, body.customer_id, body.anonymous_id)]
-        result = await self.store.ingest(self._events(items))
+        events = self._events(items)
+        result = await self.store.ingest(events, trigger_ops(self.catalogues.live, events))
         return EventsAccepted(accepted=result.accepted, duplicates=result.duplicates)
 
     async def profile(self, profile_id: str, id_type: IdKind) -> dict[str, Any]:
@@ -198,8 +224,14 @@ class Services:
             "actions": actions,
         }
 
-    async def decide(self, body: DecideIn) -> dict[str, Any]:
-        """Choose what to show; within the decision budget, or the placement's fallback, flagged."""
+    async def decide(
+        self, body: DecideIn, *, decision_id: str | None = None, budget_ms: int | None = None
+    ) -> dict[str, Any]:
+        """Choose what to show; within the decision budget, or the placement's fallback, flagged.
+
+        A trigger firing (app/triggers.py) gives its own ``decision_id`` and budget. Then an action with
+        a destination is not recorded as a contact when it is chosen but when it is delivered
+        (``record_contact``): a delivery that fails is no contact."""
         started = time.perf_counter()
         catalogue, scorer = self.catalogues.live, self.models.scorer  # one of each for the whole decision
         if body.placement not in catalogue.placements:
@@ -220,12 +252,14 @@ class Services:
             else []
         )
         now_ms = int(self.clock() * 1000)
-        decision_id = self.new_id(now_ms)
+        fired = decision_id is not None
+        decision_id = decision_id or self.new_id(now_ms)
         ingested: Ingested | None = None
         decision: Decision | None = None
         try:
-            async with asyncio.timeout(self.settings.decision_budget_ms / 1000):
-                read = await self.store.apply_and_read(profile_keys, events)
+            async with asyncio.timeout((budget_ms or self.settings.decision_budget_ms) / 1000):
+                ops = trigger_ops(catalogue, events)
+                read = await self.store.apply_and_read(profile_keys, events, ops)
                 ingested = read.ingested
                 profile = read.profile
                 situation = Situation(
@@ -249,7 +283,7 @@ class Services:
             # Recording is not cut short by the budget (only by the store's own timeout): cut short, it
             # could land after the caller was told "fallback", logging as served what nobody saw.
             record = self._record(
-                decision_id, read.keys, body, decision, situation, catalogue.version, latency_ms
+                decision_id, read.keys, body, decision, situation, catalogue.version, latency_ms, fired
             )
             await self.store.record_decision(record)
         except (StoreUnavailable, TimeoutError) as exc:
@@ -280,10 +314,14 @@ class Services:
         situation: Situation,
         catalogue_version: str,
         latency_ms: float,
+        fired: bool = False,
     ) -> DecisionRecord:
         now_ms = situation.now_ms
+        catalogue = self.catalogues.live
         served = tuple(
-            ContactRecord(now_ms, decision_id, c.action_id, c.channel, "served") for c in decision.chosen
+            ContactRecord(now_ms, decision_id, c.action_id, c.channel, "served")
+            for c in decision.chosen
+            if not (fired and _delivered(catalogue, c.action_id))
         )
         chosen = [
             {"action_id": c.action_id, "channel": c.channel, "probability": c.probability}
@@ -375,6 +413,12 @@ class Services:
                 else []
             )
         return out
+
+    async def record_delivery(self, message: Message) -> None:
+        """A delivered message is a contact, for the contact policy (a failed one is not)."""
+        now_ms = int(self.clock() * 1000)
+        contact = ContactRecord(now_ms, message.decision_id, message.action_id, message.channel, "served")
+        await self.store.record_contact(store_keys.ProfileKeys.parse(message.customer), contact)
 
     async def outcome(self, item: OutcomeIn) -> bool:
         """Record one outcome; ``False`` for a repeat. Raises NotFound or InvalidInput."""

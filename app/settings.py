@@ -73,6 +73,35 @@ class Settings(BaseSettings):
         1.0, gt=0, le=60, description="How often the learner publishes, at most."
     )
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
+    # Timed triggers (docs/triggers.md).
+    trigger_poll_s: float = Field(1.0, gt=0, le=60, description="How often a worker looks for due triggers.")
+    trigger_lease_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="How long a claimed trigger stays with its worker; after that a worker that died while "
+        "firing it is presumed dead and the trigger is claimed again.",
+    )
+    # Webhook deliveries (docs/deliveries.md).
+    delivery_poll_s: float = Field(
+        1.0, gt=0, le=60, description="How often an idle delivery worker looks for due deliveries."
+    )
+    delivery_lease_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="How long past its destination's timeout a claimed delivery stays with its worker; "
+        "after that a worker that died mid-delivery is presumed dead and the delivery is retried.",
+    )
+    delivery_backoff_s: float = Field(
+        30.0, gt=0, le=86_400, description="The first retry's longest wait; it doubles at each attempt."
+    )
+    delivery_backoff_max_s: float = Field(
+        21_600.0, gt=0, le=7 * 86_400, description="The longest wait between two attempts (backoff)."
+    )
+    delivery_retry_after_max_s: float = Field(
+        3600.0, ge=0, le=7 * 86_400, description="The longest Retry-After of a receiver that is honoured."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

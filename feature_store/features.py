@@ -55,7 +55,8 @@ def feature_names(event_types: Iterable[str] = WELL_KNOWN_TYPES) -> frozenset[st
 
 
 def _days(now_ms: int, then_ms: int | None) -> float:
-    return NEVER if then_ms is None else round((now_ms - then_ms) / DAY_MS, 4)
+    # Not rounded: "30 / 1440" days (30 minutes) must hold 30 minutes after, to the millisecond.
+    return NEVER if then_ms is None else (now_ms - then_ms) / DAY_MS
 
 
 def features(profile: Profile | None, now_ms: int, event_types: Iterable[str] = ()) -> dict[str, Any]:

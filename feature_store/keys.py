@@ -48,6 +48,43 @@ Global keys (one each, or one per decision):
 ``nba:catalogue:gen``       string  bumped by a reload, so every worker reloads             never
 ==========================  ======  =====================================================  ==========
 
+The outbox of webhook deliveries (outbox.py, docs/deliveries.md). Its keys share the hash tag ``{o}``,
+so that one script can move a message between them; the scripts that claim and replay derive message
+and per-destination keys from these prefixes, and the tag keeps them in the declared keys' slot:
+
+==========================  ======  =====================================================  ==========
+``nba:{o}:m:ID``            hash    one message: destination, body, customer, decision,     none while
+                                    action, channel, attempts, state, lease, last error     waiting or
+                                    and status, times (ms)                                  dead; 7 days
+                                                                                            after its
+                                                                                            delivery
+                                                                                            (body
+                                                                                            dropped)
+``nba:{o}:due:DEST``        zset    messages waiting for DEST, scored by when they are due  never
+                                    (ms)
+``nba:{o}:leased:DEST``     zset    messages a worker is delivering to DEST, scored by when never
+                                    its lease expires (ms); an expired one is claimed again
+``nba:{o}:dead``            zset    dead letters, all scored 0, as "<13-digit ms>|ID", so   never
+                                    that they list in the order they died and page by
+                                    member
+``nba:{o}:destinations``    set     every destination ever enqueued to, so that messages    never
+                                    for one no longer in the catalogue are found
+==========================  ======  =====================================================  ==========
+
+Timed triggers (triggers.py, docs/triggers.md), under the hash tag ``{t}``:
+
+==========================  ======  =====================================================  ==========
+``nba:{t}:due``             zset    "TRIGGER|c:ID": one pending instance per trigger and    when fired
+                                    customer, scored by when it is due (ms)                 or
+                                                                                            cancelled
+``nba:{t}:firing``          zset    "TRIGGER|c:ID|DUE": instances a worker is firing,       when fired
+                                    scored by when its lease expires (ms); an expired one
+                                    is claimed again
+``nba:{t}:cancelled``       zset    "TRIGGER|c:ID" scored by the time of its latest cancel  after the
+                                    event, so that an older start cannot bring it back      dedupe
+                                                                                            window
+==========================  ======  =====================================================  ==========
+
 ``{c:ID}`` is a known customer (``customer_id``), ``{a:ID}`` an anonymous visitor (``anonymous_id``):
 the two id spaces never collide. "Inactivity" is ``NBA_PROFILE_TTL_DAYS`` (400 days by default),
 renewed on every write.
@@ -168,3 +205,30 @@ def customer(customer_id: str) -> ProfileKeys:
 
 def anonymous(anonymous_id: str) -> ProfileKeys:
     return ProfileKeys(IdKind.ANONYMOUS, anonymous_id)
+
+
+# The outbox's keys share the hash tag {o} (see the table above). Message ids and destination names are
+# checked by outbox.py (letters, digits and ``._:-`` only), so they cannot break the tag.
+OUTBOX_MESSAGE_PREFIX: Final = f"{PREFIX}:{{o}}:m:"
+OUTBOX_DUE_PREFIX: Final = f"{PREFIX}:{{o}}:due:"
+OUTBOX_LEASED_PREFIX: Final = f"{PREFIX}:{{o}}:leased:"
+OUTBOX_DEAD: Final = f"{PREFIX}:{{o}}:dead"
+OUTBOX_DESTINATIONS: Final = f"{PREFIX}:{{o}}:destinations"
+
+
+def outbox_message(message_id: str) -> str:
+    return f"{OUTBOX_MESSAGE_PREFIX}{message_id}"
+
+
+def outbox_due(destination: str) -> str:
+    return f"{OUTBOX_DUE_PREFIX}{destination}"
+
+
+def outbox_leased(destination: str) -> str:
+    return f"{OUTBOX_LEASED_PREFIX}{destination}"
+
+
+# Timed triggers share the hash tag {t}, so that one script claims from one into the other.
+TRIGGERS_DUE: Final = f"{PREFIX}:{{t}}:due"
+TRIGGERS_FIRING: Final = f"{PREFIX}:{{t}}:firing"
+TRIGGERS_CANCELLED: Final = f"{PREFIX}:{{t}}:cancelled"

@@ -34,6 +34,8 @@ from feature_store.profile import WINDOW_SPEC, ContactRecord, Profile, RawProfil
 
 if TYPE_CHECKING:
     from feature_store.learning import LearnerStore
+    from feature_store.outbox import Outbox
+    from feature_store.triggers import TriggerOp, TriggerStore
 
 Clock = Callable[[], float]
 CHUNK_EVENTS: Final = 100
@@ -233,14 +235,16 @@ class ProfileStore:
         async with translated():
             await self._redis.ping()
 
-    async def ingest(self, events: Iterable[Event]) -> Ingested:
-        """Apply events, each exactly once per dedupe id within the dedupe window."""
+    async def ingest(self, events: Iterable[Event], trigger_ops: Sequence[TriggerOp] = ()) -> Ingested:
+        """Apply events, each exactly once per dedupe id within the dedupe window, and the trigger
+        instances they start and cancel (triggers.py), in the same round trip."""
         groups: dict[ProfileKeys, list[Event]] = {}
         for event in events:
             groups.setdefault(target(event), []).append(event)
         accepted = duplicates = 0
         for attempt in range(2):
-            results = await self._apply(_chunks(groups), read=False)
+            results = await self._apply(_chunks(groups), read=False, trigger_ops=trigger_ops)
+            trigger_ops = ()  # applied; a redirected event is an anonymous one, which starts none
             redirected: dict[ProfileKeys, list[Event]] = {}
             for profile_keys, result in results:
                 if result[0] == "redirect":
@@ -260,10 +264,14 @@ class ProfileStore:
         read = await self.apply_and_read(ProfileKeys(kind, profile_id), [])
         return read.profile
 
-    async def apply_and_read(self, profile_keys: ProfileKeys, events: Sequence[Event]) -> Read:
-        """Apply the events of one profile and read it back, in one round trip (two via a linked id)."""
+    async def apply_and_read(
+        self, profile_keys: ProfileKeys, events: Sequence[Event], trigger_ops: Sequence[TriggerOp] = ()
+    ) -> Read:
+        """Apply the events of one profile (and the trigger instances they start and cancel) and read it
+        back, in one round trip (two via a linked id)."""
         groups = {profile_keys: list(events)}
-        [(_, result)] = await self._apply([_Call([profile_keys], [list(events)])], read=True)
+        call = [_Call([profile_keys], [list(events)])]
+        [(_, result)] = await self._apply(call, read=True, trigger_ops=trigger_ops)
         if result[0] == "redirect":
             profile_keys = keys.customer(result[1])
             [(_, result)] = await self._apply([_Call([profile_keys], list(groups.values()))], read=True)
@@ -329,6 +337,14 @@ class ProfileStore:
                     self._contact_src, 3, *self._contact_call(keys.customer(added[0][1]), contact)
                 )
         return True
+
+    async def record_contact(self, profile_keys: ProfileKeys, contact: ContactRecord) -> None:
+        """Enter a contact in the profile's history (a delivered message), following a link."""
+        async with translated():
+            added = await self._redis.eval(self._contact_src, 3, *self._contact_call(profile_keys, contact))
+            if added[0] in ("redirect", b"redirect"):
+                linked = keys.customer(added[1].decode() if isinstance(added[1], bytes) else added[1])
+                await self._redis.eval(self._contact_src, 3, *self._contact_call(linked, contact))
 
     def _contact_call(self, target_keys: ProfileKeys, contact: ContactRecord) -> list[Any]:
         """KEYS and ARGV of ``contact.lua``."""
@@ -423,6 +439,18 @@ class ProfileStore:
 
         return LearnerStore(self._redis)
 
+    def triggers(self) -> TriggerStore:
+        """Timed triggers' instances, in the same Redis (triggers.py)."""
+        from feature_store.triggers import TriggerStore
+
+        return TriggerStore(self._redis)
+
+    def outbox(self) -> Outbox:
+        """The webhook deliveries' outbox, in the same Redis (outbox.py)."""
+        from feature_store.outbox import Outbox
+
+        return Outbox(self._redis)
+
     async def catalogue_generation(self) -> str:
         async with translated():
             return str(await self._redis.get(keys.CATALOGUE_GENERATION) or "0")
@@ -452,9 +480,15 @@ class ProfileStore:
                 await pipe.execute()
         return existed or bool(aliases)
 
-    async def _apply(self, calls: list[_Call], *, read: bool) -> list[tuple[ProfileKeys, Any]]:
-        """Run ``apply.lua`` for every call in one pipelined round trip; re-send on NOSCRIPT."""
+    async def _apply(
+        self, calls: list[_Call], *, read: bool, trigger_ops: Sequence[TriggerOp] = ()
+    ) -> list[tuple[ProfileKeys, Any]]:
+        """Run ``apply.lua`` for every call in one pipelined round trip; re-send on NOSCRIPT. The trigger
+        ops go in the same round trip, once (repeating them would change nothing)."""
+        from feature_store.triggers import SCHEDULE_KEYS, SCHEDULE_SOURCE, schedule_args
+
         config = self._config
+        schedule = schedule_args(trigger_ops, self.now_ms() - config.dedupe_window_ms)
         head = [str(self.now_ms()), str(config.profile_ttl_ms), str(config.dedupe_window_ms), WINDOW_SPEC]
         head += ["1" if read else "0", str(config.contacts_ms)]
         packed: list[tuple[int, list[str]]] = []
@@ -474,7 +508,13 @@ class ProfileStore:
                     for i in pending:
                         numkeys, keys_and_args = packed[i]
                         pipe.evalsha(self._apply_sha, numkeys, *keys_and_args)
+                    if schedule:
+                        pipe.eval(SCHEDULE_SOURCE, 2, *SCHEDULE_KEYS, *schedule)
                     replies = await pipe.execute(raise_on_error=False)
+                if schedule:
+                    if isinstance(replies[-1], Exception):
+                        raise replies[-1]
+                    replies, schedule = replies[:-1], []
                 missing = []
                 for i, reply in zip(pending, replies, strict=True):
                     if isinstance(reply, rx.NoScriptError):

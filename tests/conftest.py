@@ -71,12 +71,13 @@ AppFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 @pytest.fixture
 def make_client(redis_url: str, clock: Clock) -> AppFactory:
-    """``async with make_client(api_keys=...) as client``: the real app, lifespan and all."""
+    """``async with make_client(api_keys=...) as client``: the real app, lifespan and all (``watch=False``:
+    without its background tasks)."""
 
     @asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async def factory(*, watch: bool = True, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
         settings = Settings(_env_file=None, **{"redis_url": redis_url, "log_format": "json", **overrides})
-        app = create_app(settings, clock=clock)
+        app = create_app(settings, clock=clock, watch=watch)
         async with LifespanManager(app) as manager:
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://nba.test") as client:

@@ -5,13 +5,16 @@ fixture counts those writes for every connection of the process."""
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 from redis.asyncio.connection import Connection
 
 from feature_store import Event, IdKind, ProfileStore
+from feature_store.keys import TRIGGERS_DUE
 from tests.conftest import AppFactory, Clock
 
 
@@ -77,7 +80,7 @@ async def test_a_linked_visitor_costs_one_more_round_trip(
 
 async def test_the_events_endpoint_costs_one_round_trip(make_client: AppFactory, wire: Wire) -> None:
     """Through the whole app: auth, validation, the service and the store."""
-    async with make_client(catalogue_watch_s=3600) as client:
+    async with make_client(watch=False) as client:  # no background task talks to Redis meanwhile
         assert (await client.get("/readyz")).status_code == 200
         before = wire.sent
         r = await client.post("/v1/events", json={"customer_id": "c-1", "type": "page_view"})
@@ -94,7 +97,7 @@ async def test_a_decision_with_its_event_costs_two_round_trips(make_client: AppF
     """One applies the page view and reads everything the decision needs; one records the decision."""
     from tests.api.test_decide_api import CATALOGUE
 
-    async with make_client(policies=CATALOGUE, catalogue_watch_s=3600) as client:
+    async with make_client(policies=CATALOGUE, watch=False) as client:
         assert (await client.get("/readyz")).status_code == 200
         body = {
             "customer_id": "c-1",
@@ -108,3 +111,25 @@ async def test_a_decision_with_its_event_costs_two_round_trips(make_client: AppF
             assert r.status_code == 200
             assert r.json()["fallback"] is False
             assert wire.sent - before == 2
+
+
+async def test_events_that_start_and_cancel_triggers_cost_no_more_round_trips(
+    make_client: AppFactory, wire: Wire, raw_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """The trigger instances an event starts or cancels are written in the same round trip."""
+    from tests.integration.test_triggers import cart_add, catalogue
+
+    async with make_client(policies=catalogue(tmp_path), watch=False) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        before = wire.sent
+        r = await client.post("/v1/events", json=cart_add("c-1"))
+        assert r.status_code == 202
+        assert wire.sent - before == 1
+        body = {"customer_id": "c-1", "placement": "email.cart_recovery", "event": cart_add("c-1", "sku-2")}
+        del body["event"]["customer_id"]  # type: ignore[attr-defined]
+        before = wire.sent
+        r = await client.post("/v1/decide", json=body)
+        assert r.status_code == 200
+        assert r.json()["fallback"] is False
+        assert wire.sent - before == 2
+        assert raw_redis.zscore(TRIGGERS_DUE, "cart_abandonment|c:c-1") is not None  # started, and pushed out

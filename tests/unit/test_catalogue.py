@@ -63,6 +63,9 @@ PLACEMENTS = {
     "chat.proactive": "chat",
     "email.cart_recovery": "email",
     "email.lifecycle": "email",
+    "email.browse_abandonment": "email",
+    "email.post_purchase": "email",
+    "email.winback": "email",
     "push.app": "push",
 }
 ARTICLES = {
@@ -99,6 +102,29 @@ def test_the_shipped_catalogue_has_the_journey(shipped: Catalogue) -> None:
         *ARTICLES,
     }
     assert required <= set(shipped.actions)
+
+
+def test_the_shipped_catalogue_has_the_four_triggers_and_they_deliver(shipped: Catalogue) -> None:
+    triggers = {t.id: t.spec for t in shipped.triggers.values()}
+    assert set(triggers) == {"cart_abandonment", "browse_abandonment", "post_purchase_nps", "winback"}
+    cart = triggers["cart_abandonment"]
+    assert (cart.start, cart.delay, set(cart.cancel)) == (
+        ("add_to_cart",),
+        30 * 60_000,
+        {"checkout_started", "purchase"},
+    )
+    assert triggers["post_purchase_nps"].delay == 7 * 86_400_000
+    assert triggers["winback"].delay == 30 * 86_400_000
+    for trigger in triggers.values():
+        actions = shipped.by_placement[trigger.placement]
+        assert actions, trigger.id
+        assert all(a.spec.destination == "platform" for a in actions), trigger.id
+    assert shipped.destinations["platform"].secret == "NBA_PLATFORM_SECRET"
+    # At its due time, the cart email's rule holds for the cart the trigger was started by.
+    cart_left = profile(is_known=True, cart_items=1, cart_value=30.0, days_since_cart_change=30 * MINUTE)
+    assert "cart_recovery_email" in eligible(
+        shipped, "email.cart_recovery", cart_left | {"consent": {"email": True}}
+    )
 
 
 def test_every_shipped_action_is_complete(shipped: Catalogue) -> None:
@@ -564,7 +590,9 @@ def nba_check(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_nba_check_a_good_catalogue(shipped: Catalogue) -> None:
-    expected = f"ok: 9 placements, {len(shipped.actions)} actions, version {shipped.version}\n"
+    expected = (
+        f"ok: {len(PLACEMENTS)} placements, {len(shipped.actions)} actions, version {shipped.version}\n"
+    )
     for args in ((str(default_path()),), ()):
         result = nba_check(*args)
         assert (result.returncode, result.stdout, result.stderr) == (0, expected, "")
