@@ -102,6 +102,18 @@ class TriggerStore:
             async with translated():
                 await self._redis.eval(SCHEDULE_SOURCE, 2, *SCHEDULE_KEYS, *args)
 
+    async def forget(self, ref: str, trigger_ids: Iterable[str]) -> int:
+        """Remove a customer's pending instances and remembered cancels (an erasure); how many
+        instances were pending."""
+        members = [f"{trigger_id}|{ref}" for trigger_id in trigger_ids]
+        if not members:
+            return 0
+        async with translated(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.TRIGGERS_DUE, *members)
+            pipe.zrem(keys.TRIGGERS_CANCELLED, *members)
+            removed, _ = await pipe.execute()
+        return int(removed)
+
     async def pending(self, ref: str | None = None) -> dict[str, int]:
         """Pending instances (trigger id -> due ms); of one customer when ``ref`` is given. Scans the
         due set: for operators and tests, not for the hot path."""

@@ -394,3 +394,15 @@ async def test_end_to_end_the_cart_email_reaches_the_platform_signed_and_counts_
         assert body["data"]["profile"] == {"cart_items": 1, "cart_value": 25.0}
         [decision_id] = [d["decision_id"] for d in decisions(raw_redis)]
         assert contacts(raw_redis, "c-1") == [f"{decision_id}|cart_email|email|served"]
+
+
+async def test_erasing_a_customer_forgets_their_pending_triggers(
+    redis_url: str, raw_redis: redis.Redis, clock: Clock, tmp_path: Path
+) -> None:
+    async with service(redis_url, clock, catalogue(tmp_path)) as (client, services, worker):
+        await send(client, consent("c-1"), cart_add("c-1"), consent("c-2"), cart_add("c-2"))
+        assert (await client.delete("/v1/customers/c-1")).status_code == 204
+        assert set(await services.store.triggers().pending()) == {"cart_abandonment|c:c-2"}
+        clock.advance(30 * MINUTE)
+        assert await worker.round() == 1
+        assert [d["customer"] for d in decisions(raw_redis)] == ["c:c-2"]
