@@ -188,11 +188,13 @@ class Services:
         return ProfileOut.of(profile)
 
     async def erase(self, profile_id: str, id_type: IdKind) -> None:
-        """The profile, its aliases and contact history (store.erase), and its pending triggers."""
+        """The profile, its aliases and contact history (store.erase), its pending triggers, and its
+        deliveries not yet made."""
         erased = await self.store.erase(profile_id, id_type)
         if id_type is IdKind.CUSTOMER:
             ref = store_keys.customer(profile_id).ref
             erased = bool(await self.store.triggers().forget(ref, self.catalogues.live.triggers)) or erased
+            erased = bool(await self.store.outbox().forget(ref)) or erased
         if not erased:
             raise NotFound(_unknown(profile_id, id_type), code="customer_not_found")
 

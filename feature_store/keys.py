@@ -69,6 +69,8 @@ and per-destination keys from these prefixes, and the tag keeps them in the decl
                                     member
 ``nba:{o}:destinations``    set     every destination ever enqueued to, so that messages    never
                                     for one no longer in the catalogue are found
+``nba:{o}:c:REF``           set     ids of a customer's messages not yet delivered, so      on erasure
+                                    that erasing the customer erases them
 ==========================  ======  =====================================================  ==========
 
 Timed triggers (triggers.py, docs/triggers.md), under the hash tag ``{t}``:
@@ -226,6 +228,11 @@ def outbox_due(destination: str) -> str:
 
 def outbox_leased(destination: str) -> str:
     return f"{OUTBOX_LEASED_PREFIX}{destination}"
+
+
+def outbox_customer(ref: str) -> str:
+    """The ids of a customer's messages not yet delivered, for erasing them (``ref``: ``c:<id>``)."""
+    return f"{PREFIX}:{{o}}:c:{_escape(ref)}"
 
 
 # Timed triggers share the hash tag {t}, so that one script claims from one into the other.

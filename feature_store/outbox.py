@@ -207,7 +207,7 @@ class Outbox:
         _check("destination", message.destination)
         fields = [part for pair in message.fields().items() for part in pair]
         call_keys = [keys.outbox_message(message.id), keys.outbox_due(message.destination)]
-        call_keys.append(keys.OUTBOX_DESTINATIONS)
+        call_keys += [keys.OUTBOX_DESTINATIONS, keys.outbox_customer(message.customer)]
         async with _translated():
             added = await self._script(
                 keys=call_keys, args=["enqueue", due_ms, message.id, message.destination, *fields]
@@ -264,6 +264,7 @@ class Outbox:
             keys.outbox_leased(message.destination),
             keys.outbox_due(message.destination),
             keys.OUTBOX_DEAD,
+            keys.outbox_customer(message.customer),
         ]
         args: list[str | int] = [
             "settle", outcome, message.id, message.lease, now_ms, due_ms, error,
@@ -271,6 +272,15 @@ class Outbox:
         ]  # fmt: skip
         async with _translated():
             return bool(await self._script(keys=call_keys, args=args))
+
+    async def forget(self, customer: str) -> int:
+        """Erase the messages for ``customer`` (a profile ref) that were not delivered: waiting, in
+        flight or dead. A delivered message keeps no body, and its id and customer go after 7 days.
+        Returns how many were erased."""
+        call_keys = [keys.outbox_customer(customer), keys.OUTBOX_DEAD]
+        prefixes = [keys.OUTBOX_MESSAGE_PREFIX, keys.OUTBOX_DUE_PREFIX, keys.OUTBOX_LEASED_PREFIX]
+        async with _translated():
+            return int(await self._script(keys=call_keys, args=["forget", *prefixes]))
 
     async def message(self, message_id: str) -> Message | None:
         """The message with this id, in whatever state, or ``None``."""

@@ -16,7 +16,7 @@ local function dead_member(ms, id)
   return string.rep("0", 13 - #ms) .. ms .. "|" .. id
 end
 
--- KEYS: message, due zset, destinations set.
+-- KEYS: message, due zset, destinations set, the customer's index.
 -- ARGV: op, due ms, id, destination, then field, value pairs of the message.
 -- Returns 1 when enqueued, 0 when a message with this id exists already (waiting, in flight, dead, or
 -- delivered recently): enqueuing is idempotent by id.
@@ -31,6 +31,7 @@ if op == "enqueue" then
   redis.call("HSET", KEYS[1], "state", "due", "attempts", 0, unpack(fields))
   redis.call("ZADD", KEYS[2], ARGV[2], ARGV[3])
   redis.call("SADD", KEYS[3], ARGV[4])
+  redis.call("SADD", KEYS[4], ARGV[3])
   return 1
 end
 
@@ -62,7 +63,7 @@ if op == "claim" then
   return out
 end
 
--- KEYS: message, its destination's leased zset, due zset, the dead zset.
+-- KEYS: message, its destination's leased zset, due zset, the dead zset, the customer's index.
 -- ARGV: op, outcome ("delivered", "retry" or "dead"), id, lease token, now ms, due ms (retry),
 --       last error ("" for none), last status ("" for none), how long to keep a delivered one (ms).
 -- Returns 1, or 0 when the token is not the message's lease (it expired and another worker holds it).
@@ -88,6 +89,7 @@ if op == "settle" then
     redis.call("HSET", KEYS[1], "state", "delivered", "delivered_ms", now)
     redis.call("HDEL", KEYS[1], "body")
     redis.call("PEXPIRE", KEYS[1], ARGV[9])
+    redis.call("SREM", KEYS[5], id)  -- nothing of the customer's is left in it to erase
   elseif outcome == "retry" then
     redis.call("HSET", KEYS[1], "state", "due")
     redis.call("ZADD", KEYS[3], ARGV[6], id)
@@ -119,6 +121,30 @@ if op == "replay" then
     end
   end
   return {replayed, unknown}
+end
+
+-- KEYS: the customer's index, the dead zset.
+-- ARGV: op, message key prefix, due key prefix, leased key prefix.
+-- Erases every message of the customer not yet delivered (waiting, in flight or dead), from every set
+-- it is in. Returns how many there were.
+if op == "forget" then
+  local ids = redis.call("SMEMBERS", KEYS[1])
+  local erased = 0
+  for _, id in ipairs(ids) do
+    local key = ARGV[2] .. id
+    local found = redis.call("HMGET", key, "destination", "dead_ms")
+    if found[1] then
+      redis.call("ZREM", ARGV[3] .. found[1], id)
+      redis.call("ZREM", ARGV[4] .. found[1], id)
+      if found[2] then
+        redis.call("ZREM", KEYS[2], dead_member(found[2], id))
+      end
+      redis.call("DEL", key)
+      erased = erased + 1
+    end
+  end
+  redis.call("DEL", KEYS[1])
+  return erased
 end
 
 return redis.error_reply("outbox.lua: unknown operation " .. tostring(op))

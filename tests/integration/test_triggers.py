@@ -406,3 +406,19 @@ async def test_erasing_a_customer_forgets_their_pending_triggers(
         clock.advance(30 * MINUTE)
         assert await worker.round() == 1
         assert [d["customer"] for d in decisions(raw_redis)] == ["c:c-2"]
+
+
+async def test_erasing_a_customer_erases_their_deliveries_not_yet_made(
+    redis_url: str, raw_redis: redis.Redis, clock: Clock, tmp_path: Path
+) -> None:
+    async with service(redis_url, clock, catalogue(tmp_path)) as (client, services, worker):
+        await send(client, consent("c-1"), cart_add("c-1"), consent("c-2"), cart_add("c-2"))
+        clock.advance(30 * MINUTE)
+        assert await worker.round() == 2
+        outbox = services.store.outbox()
+        assert (await outbox.counts()).due == 2
+        assert (await client.delete("/v1/customers/c-1")).status_code == 204
+        assert (await outbox.counts()).due == 1
+        [left] = [k for k in raw_redis.keys("nba:{o}:m:*")]
+        assert raw_redis.hget(left, "customer") == "c:c-2"
+        assert not raw_redis.keys("nba:{o}:c:c:c-1")
