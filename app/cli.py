@@ -9,6 +9,11 @@ them; on exit it stops both.
 ``nba evaluate`` (models/evaluate.py) and ``nba simulate`` (app/simulation.py) are offline tools with
 their own options (``--help``); they need the ``tools`` extra.
 
+``nba report [--from T] [--to T] [--json]`` prints the uplift report (models/uplift.py, docs/uplift.md)
+from ``NBA_REDIS_URL``: what ``GET /v1/reports/uplift`` answers, as a table. Exit status 0 when a report
+was printed, 1 when Redis cannot be reached, 2 for a missing ``NBA_REDIS_URL``, an invalid catalogue or
+an unreadable time.
+
 ``nba check [PATH]`` checks a catalogue folder (by default ``NBA_POLICIES``, else the shipped one) as
 the service would load it, and prints every problem, one per line: ``file: where: problem``. Exit
 status 0 when it is valid, 1 when it is not.
@@ -20,9 +25,12 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,6 +88,10 @@ def _serve(args: argparse.Namespace) -> int:
         learner = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "learn"], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
         )
+    # Set up for the workers only (the learner above has no metrics of its own to share).
+    metrics_dir = _metrics_dir()
+    if settings.log_salt is None:  # one per run, so that every worker logs a customer under one pseudonym
+        os.environ["NBA_LOG_SALT"] = secrets.token_hex(32)
     try:
         uvicorn.run(
             "app.main:create_app",
@@ -100,7 +112,27 @@ def _serve(args: argparse.Namespace) -> int:
                 learner.kill()
         if embedded is not None:
             embedded.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _metrics_dir() -> Path | None:
+    """Make ``PROMETHEUS_MULTIPROC_DIR`` ready before any worker starts, so that every worker's counters
+    are summed by whichever one is scraped (app/metrics.py). A folder given in the environment is
+    emptied of the last run's files; without one, a fresh one is made, and returned to be removed at
+    exit. Exited workers' files stay: their counts are part of the totals (and no gauge is kept in them,
+    so there is nothing for ``mark_process_dead`` to remove)."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="nba-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return folder
 
 
 def _learn(_: argparse.Namespace) -> int:
@@ -168,6 +200,55 @@ async def _learn_until(learner: Any, stop: asyncio.Event) -> None:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
 
 
+def _report(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from models import uplift
+    from models.evaluate import parse_when
+
+    url = os.environ.get("NBA_REDIS_URL")
+    if not url:
+        print("nba report: set NBA_REDIS_URL to the Redis the service uses", file=sys.stderr)
+        return 2
+    now_ms = int(time.time() * 1000)
+    try:
+        since = parse_when(args.since, now_ms) if args.since else None
+        until = parse_when(args.until, now_ms) if args.until else None
+    except ValueError as exc:
+        print(f"nba report: {exc}", file=sys.stderr)
+        return 2
+    since_ms, until_ms = uplift.default_range(since, until, now_ms)
+    if since_ms >= until_ms:
+        print("nba report: --from must be before --to", file=sys.stderr)
+        return 2
+    from feature_store import StoreUnavailable
+    from feature_store.evaluation import EvaluationStore
+    from feature_store.features import feature_names
+    from policies.catalogue import CatalogueInvalid, default_path, load
+
+    try:
+        catalogue = load(Path(os.environ.get("NBA_POLICIES") or default_path()), feature_names())
+    except CatalogueInvalid as exc:
+        print(f"nba report: the catalogue is invalid:\n{exc}", file=sys.stderr)
+        return 2
+
+    async def read() -> uplift.Report:
+        store = EvaluationStore.connect(url)
+        try:
+            return await uplift.report(store, catalogue, since_ms=since_ms, until_ms=until_ms, now_ms=now_ms)
+        finally:
+            await store.aclose()
+
+    try:
+        found = asyncio.run(read())
+    except StoreUnavailable as exc:
+        print(f"nba report: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(found.to_dict(), indent=2) if args.json else uplift.render(found))
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     from feature_store.features import feature_names
     from policies.catalogue import CatalogueInvalid, default_path, load
@@ -209,6 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("learn", help="run the learner (the one writer of the models) against NBA_REDIS_URL")
     sub.add_parser("evaluate", help="off-policy estimates and calibration from the decision log (see --help)")
     sub.add_parser("simulate", help="drive a service with a synthetic population and plot what it learns")
+    report = sub.add_parser("report", help="the uplift report: treatment against control (NBA_REDIS_URL)")
+    report.add_argument("--from", dest="since", help="decisions from: RFC 3339 or a duration ago (7d)")
+    report.add_argument("--to", dest="until", help="decisions before: RFC 3339 or a duration ago (now)")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
     check = sub.add_parser("check", help="check a catalogue folder and list every problem")
     check.add_argument(
         "path",
@@ -223,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args)
     if args.command == "learn":
         return _learn(args)
+    if args.command == "report":
+        return _report(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

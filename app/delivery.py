@@ -45,6 +45,7 @@ import httpx
 import structlog
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
+from app import metrics
 from app.settings import Settings
 from feature_store import StoreUnavailable
 from feature_store.outbox import Counts, Message, Outbox, Replayed
@@ -235,11 +236,14 @@ class DeliveryWorker:
             await self._give_up(message, _Answer(None, signers))
             return
 
+        started = time.perf_counter()
         answer = await self._post(message, destination, signers)
+        metrics.DELIVERY_SECONDS.labels(message.destination).observe(time.perf_counter() - started)
         now_ms = self._now_ms()
         context = {"message_id": message.id, "destination": message.destination, "attempt": message.attempts}
         if answer.reason is None:
             if await self._outbox.delivered(message, now_ms, answer.status):
+                metrics.delivery(message.destination, "delivered")
                 log.info("delivery_delivered", status=answer.status, **context)
                 try:
                     await self._on_delivered(message)
@@ -251,6 +255,7 @@ class DeliveryWorker:
             delay_s = self._delay_s(message.attempts, answer.retry_after_s)
             due_ms = now_ms + math.ceil(delay_s * 1000)
             if await self._outbox.retry(message, now_ms, due_ms, _error(answer), answer.status):
+                metrics.delivery(message.destination, "retry")
                 log.info(
                     "delivery_retry", status=answer.status, reason=answer.reason, delay_s=delay_s, **context
                 )
@@ -331,6 +336,7 @@ class DeliveryWorker:
 
     async def _give_up(self, message: Message, answer: _Answer) -> None:
         if await self._outbox.dead(message, self._now_ms(), _error(answer), answer.status):
+            metrics.delivery(message.destination, "dead")
             log.warning(
                 "delivery_dead",
                 message_id=message.id,

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.metrics import route_template
 from app.schemas import ErrorBody
 from feature_store import IdentityConflict, StoreUnavailable
 
@@ -185,11 +186,15 @@ def install(app: FastAPI, *, retry_after_s: int) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled_error", path=request.url.path)
-        request_id = request.headers.get("x-request-id", "")
+        # The route's template, not the path: a path holds customer ids (app/logging.py).
+        route = route_template(request.scope)
+        log.exception("unhandled_error", route=route, method=request.method)
+        # Bound by app/logging.py's RequestIds, which this answer (made further out) does not pass through.
+        request_id = structlog.contextvars.get_contextvars().get("request_id", "")
         return _body(
             500,
             "internal_error",
             f"an unexpected error occurred and was logged{f' (request {request_id})' if request_id else ''}; "
             "please report it",
+            headers={"X-Request-ID": request_id} if request_id else None,
         )

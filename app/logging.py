@@ -1,27 +1,132 @@
-"""Structured logs: JSON lines in production (or when not on a terminal), readable in development."""
+"""Structured logs: JSON lines in production (or when not on a terminal), readable in development.
+
+Each HTTP request binds a ``request_id`` (:class:`RequestIds`) that every log line of that request
+carries; decisions log their ``decision_id``, one ``decision`` event each.
+
+No raw personal data: customer and anonymous ids, emails and IP addresses are logged only under the
+keys in :data:`PERSONAL`, and those values are replaced on the way out by a pseudonym, the first 16 hex
+digits of HMAC-SHA256 keyed by ``NBA_LOG_SALT`` (https://www.rfc-editor.org/rfc/rfc2104). A customer
+is hashed in its ``c:<id>`` form (``a:<id>`` for an anonymous visitor) whichever key logs it, so one
+person has one pseudonym across all events. Tracebacks are logged without their frames' local values,
+which hold ids, bodies and keys.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
+import re
 import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Final
 
 import structlog
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Key logged -> the prefix its value is hashed with: ids become refs (c:<id>, a:<id>), so that a customer
+# has one pseudonym whether it was logged as customer_id or as customer.
+PERSONAL: Final[Mapping[str, str]] = {
+    "customer": "",  # a ref: c:<id> or a:<id>
+    "customer_id": "c:",
+    "anonymous_id": "a:",
+    "email": "",
+    "ip": "",
+    "client_ip": "",
+}
 
 
-def configure(log_format: str = "auto") -> None:
+def pseudonym(salt: bytes, value: str) -> str:
+    """What the logs show for ``value``: the same for the same salt, unreadable without it."""
+    return hmac.new(salt, value.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def pseudonymizer(salt: bytes) -> structlog.typing.Processor:
+    """A structlog processor that replaces the values of :data:`PERSONAL` keys with their pseudonyms."""
+
+    def hide(value: Any, prefix: str) -> Any:
+        if isinstance(value, str):
+            return pseudonym(salt, prefix + value)
+        if isinstance(value, list | tuple | set | frozenset):
+            return [hide(item, prefix) for item in value]
+        return value  # None, numbers: nothing personal
+
+    def processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, prefix in PERSONAL.items():
+            if key in event:
+                event[key] = hide(event[key], prefix)
+        return event
+
+    return processor
+
+
+def configure(log_format: str = "auto", salt: bytes | None = None) -> None:
+    """Configure structlog for this process. ``salt`` keys the pseudonyms (random when not given)."""
     json_logs = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
     )
+    tracebacks: structlog.typing.Processor = (
+        # Without locals: a frame's variables hold request bodies, customer ids and keys.
+        structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+        if json_logs
+        else structlog.processors.format_exc_info
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            pseudonymizer(salt or os.urandom(32)),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks if json_logs else structlog.processors.format_exc_info,
+            tracebacks,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+# A request id a client may choose: what tracing headers and UUIDs are made of, and not too long.
+_SANE_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:+/=-]{1,128}")
+
+
+def request_id(scope: Scope) -> str:
+    """The client's ``X-Request-ID`` if it is sane, else a new one (16 hex digits)."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if _SANE_REQUEST_ID.fullmatch(value):
+                return str(value.decode())
+            break
+    return os.urandom(8).hex()
+
+
+class RequestIds:
+    """ASGI middleware: binds ``request_id`` to the logs of each request and echoes it in the response's
+    ``X-Request-ID``.
+
+    On success the binding is undone. When an exception escapes, it is left in place: the handler that
+    logs it (``unhandled_error``, further out) still sees it, and the request's task ends with it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = request_id(scope)
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("x-request-id", rid)
+            await send(message)
+
+        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+        await self.app(scope, receive, sending)
+        structlog.contextvars.reset_contextvars(**tokens)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -11,18 +12,21 @@ from typing import TypedDict
 import structlog
 from fastapi import FastAPI
 
-from app import errors
+from app import dashboard_data, errors, metrics
 from app import logging as app_logging
 from app.auth import KeyRing
 from app.catalogues import Catalogues
 from app.delivery import DeliveryConfig, DeliveryWorker
 from app.limits import BodyLimits
-from app.routes import admin, customers, decisions, deliveries, events, health, webhooks
+from app.routes import admin, customers, decisions, deliveries, events, health, reports, webhooks
+from app.routes import dashboard as dashboard_page
+from app.routes import dashboard_data as dashboard_data_routes
+from app.routes import metrics as metrics_routes
 from app.services import Services, new_decision_id, store_config
 from app.settings import Settings
 from app.snapshots import Models
 from app.triggers import TriggerWorker
-from feature_store import ProfileStore, StoreUnavailable
+from feature_store import StoreUnavailable
 from feature_store.embedded import EmbeddedRedis
 from policies.catalogue import CatalogueInvalid, default_path
 
@@ -31,6 +35,7 @@ log = structlog.get_logger("nba")
 
 class State(TypedDict):
     services: Services
+    models_followed: bool  # a background task loads the models (watch=True), so /readyz waits for them
 
 
 def create_app(
@@ -51,7 +56,8 @@ def create_app(
     settings = settings or Settings()
     if (reason := settings.refuse_reason()) is not None:
         raise SystemExit(reason)
-    app_logging.configure(settings.log_format)
+    salt = settings.log_salt.get_secret_value().encode() if settings.log_salt else None
+    app_logging.configure(settings.log_format, salt)
     try:
         catalogues = Catalogues(settings.policies)
     except CatalogueInvalid as exc:
@@ -70,7 +76,7 @@ def create_app(
                 stack.callback(embedded.stop)
                 url = embedded.url
                 log.info("embedded_redis_started", data_dir=str(embedded.data_dir))
-            store = ProfileStore.connect(
+            store = metrics.ObservedStore.connect(  # every store call timed (app/metrics.py)
                 url,
                 store_config(settings),
                 clock=clock,
@@ -92,6 +98,9 @@ def create_app(
             except StoreUnavailable as exc:  # the store may come later; /readyz tells
                 log.warning("store_not_ready_at_start", error=str(exc))
             await catalogues.start(store)
+            if watch:  # the first model before the first request (and /readyz waits for it)
+                with contextlib.suppress(StoreUnavailable):
+                    await services.models.refresh(store.learning())
             log.info("service_started", open=services.keys.open, catalogue=catalogues.live.version)
             # Webhook deliveries (app/delivery.py), to the destinations of whichever catalogue is live.
             # A delivery is the contact it makes: the contact policy counts it once it succeeded.
@@ -126,7 +135,9 @@ def create_app(
                 if watch:
                     background.create_task(delivering.run(stop_delivering))
                     background.create_task(firing.run(stop_delivering, settings.trigger_poll_s))
-                yield {"services": services}
+                    # The dashboard's samples (app/dashboard_data.py): one worker writes each 10-s one.
+                    background.create_task(dashboard_data.Sampler(services).run(stop_delivering))
+                yield {"services": services, "models_followed": watch}
                 stop_delivering.set()  # the attempts in flight finish (within their timeout), none start
                 for watcher in watchers:
                     watcher.cancel()
@@ -139,7 +150,13 @@ def create_app(
     )
     errors.install(app, retry_after_s=settings.retry_after_s)
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes)
+    app.add_middleware(metrics.HttpMetrics)
+    app.add_middleware(app_logging.RequestIds)  # outermost: every log line of a request carries its id
     for module in (events, decisions, customers, admin, health, webhooks, deliveries):
         app.include_router(module.router)
     app.include_router(admin.models_router)
+    app.include_router(dashboard_page.router)  # GET /dashboard, the page and its assets
+    app.include_router(metrics_routes.router)
+    app.include_router(dashboard_data_routes.router)
+    app.include_router(reports.router)
     return app

@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from app import metrics
 from app.auth import KeyRing
 from app.catalogues import Catalogues
 from app.errors import InvalidInput, NotFound
@@ -179,6 +180,7 @@ class Services:
             items = [("", body, body.customer_id, body.anonymous_id)]
         events = self._events(items)
         result = await self.store.ingest(events, trigger_ops(self.catalogues.live, events))
+        metrics.ingested(result.accepted, result.duplicates)
         return EventsAccepted(accepted=result.accepted, duplicates=result.duplicates)
 
     async def profile(self, profile_id: str, id_type: IdKind) -> dict[str, Any]:
@@ -260,6 +262,7 @@ class Services:
         )
         now_ms = int(self.clock() * 1000)
         fired = decision_id is not None
+        source = "trigger" if fired else "web"
         decision_id = decision_id or self.new_id(now_ms)
         ingested: Ingested | None = None
         decision: Decision | None = None
@@ -268,6 +271,7 @@ class Services:
                 ops = trigger_ops(catalogue, events)
                 read = await self.store.apply_and_read(profile_keys, events, ops)
                 ingested = read.ingested
+                metrics.ingested(ingested.accepted, ingested.duplicates)
                 profile = read.profile
                 situation = Situation(
                     customer=read.keys.ref,
@@ -294,18 +298,46 @@ class Services:
             )
             await self.store.record_decision(record)
         except (StoreUnavailable, TimeoutError) as exc:
-            reason = "budget" if isinstance(exc, TimeoutError) else "store"
-            log.warning("decision_fallback", decision_id=decision_id, placement=body.placement, reason=reason)
             served = funnel.fallback(catalogue, body.placement, limit=body.limit)
+            seconds = time.perf_counter() - started
+            first = served[0].action_id if served else "none"
+            metrics.decided(body.placement, first, "none", fallback=True, source=source, seconds=seconds)
+            # One `decision` event per decision, fallbacks included (a warning, with the reason).
+            log.warning(
+                "decision",
+                decision_id=decision_id,
+                customer=profile_keys.ref,  # logged as a pseudonym (app/logging.py)
+                placement=body.placement,
+                source=source,
+                group=None,
+                actions=[c.action_id for c in served],
+                fallback=True,
+                reason="budget" if isinstance(exc, TimeoutError) else "store",
+                latency_ms=round(seconds * 1000, 3),
+            )
             version, model = catalogue.version, scorer.version
             return self._answer(body, decision_id, None, served, version, model, ingested, fallback=True)
+        metrics.decided(
+            body.placement,
+            decision.chosen[0].action_id if decision.chosen else "none",
+            decision.group,
+            fallback=False,
+            source=source,
+            seconds=latency_ms / 1000,
+            verdicts=decision.verdicts,
+            applicable=lambda action_id: body.placement in catalogue.actions[action_id].spec.placements,
+        )
         log.info(
             "decision",
             decision_id=decision_id,
+            customer=read.keys.ref,  # logged as a pseudonym (app/logging.py)
             placement=body.placement,
+            source=source,
             group=decision.group,
             actions=[c.action_id for c in decision.chosen],
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            fallback=False,
+            latency_ms=round(latency_ms, 3),  # reading and deciding, as in the decision log and metrics
+            total_ms=round((time.perf_counter() - started) * 1000, 3),  # and recording
         )
         version, model = catalogue.version, decision.model_version
         return self._answer(

@@ -7,7 +7,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -73,6 +73,19 @@ class Settings(BaseSettings):
         1.0, gt=0, le=60, description="How often the learner publishes, at most."
     )
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
+    # Observability (docs/metrics.md).
+    log_salt: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="The secret that keys the hashes logged in place of customer ids (HMAC-SHA256). Unset: a "
+        "random one per run (nba serve) or per process, so hashes do not match across restarts.",
+    )
+    metrics_key: SecretStr | None = Field(
+        None,
+        min_length=1,
+        description="Unset: GET /metrics is open. Set: it needs 'Authorization: Bearer <this key>' (or an "
+        "admin API key).",
+    )
     # Timed triggers (docs/triggers.md).
     trigger_poll_s: float = Field(1.0, gt=0, le=60, description="How often a worker looks for due triggers.")
     trigger_lease_s: float = Field(

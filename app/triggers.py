@@ -36,6 +36,7 @@ from typing import Any
 
 import structlog
 
+from app import metrics
 from app.schemas import DecideIn
 from app.services import Services
 from feature_store import StoreUnavailable
@@ -103,8 +104,15 @@ class TriggerWorker:
         return len(claimed)
 
     async def fire(self, firing: Firing) -> Fired:
+        """Fire one claimed instance (see the module's docstring) and count what became of it."""
+        fired = await self._fire(firing)
+        metrics.trigger_fired(firing.trigger_id, fired.outcome)
+        return fired
+
+    async def _fire(self, firing: Firing) -> Fired:
         catalogue = self.services.catalogues.live
         trigger = catalogue.triggers.get(firing.trigger_id)
+        # `customer` is logged as a pseudonym, never raw (app/logging.py).
         bound = log.bind(trigger=firing.trigger_id, customer=firing.ref, due_ms=firing.due_ms)
         if trigger is None:
             bound.warning("trigger_dropped", reason="not_in_catalogue")

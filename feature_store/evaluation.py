@@ -6,19 +6,30 @@ kept only when their decision time (the ``time_ms`` field, the service's clock, 
 which is Redis's) falls in ``[since_ms, until_ms)`` and, when given, their placement matches. The
 decision log and the rewards are each read once, whole: at the default cap of 1,000,000 entries that is
 a matter of seconds to a minute (docs/evaluation.md gives a measured figure).
+
+The uplift report (models/uplift.py) reads the rewards of a time range only (:meth:`EvaluationStore.
+rewards_of_range`), its customers' purchases, and how many windows the learner has left unjoined.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
 from feature_store import keys
+from feature_store.keys import ProfileKeys
 from feature_store.store import translated
 
+if TYPE_CHECKING:
+    from feature_store.store import ProfileStore
+
 Fields = dict[str, str]
+# The rewards stream's ids are Redis's times of appending: a reward is appended at or after its
+# decision (when an outcome arrives, or when the window closes). Reading from this long before the
+# range's start leaves room for the service's clock running ahead of Redis's.
+CLOCK_SLACK_MS = 3_600_000
 
 
 class EvaluationStore:
@@ -35,6 +46,12 @@ class EvaluationStore:
         )
         return cls(client)
 
+    @classmethod
+    def of(cls, store: ProfileStore) -> EvaluationStore:
+        """A view over the service's own client (and its bounded pool), for the report endpoint. Do not
+        :meth:`aclose` it: the client is the store's."""
+        return cls(store._redis)
+
     async def aclose(self) -> None:
         await self._redis.aclose()
 
@@ -50,6 +67,44 @@ class EvaluationStore:
         """The joined rewards of decisions made in the window (and at the placement, when given)."""
         return [f async for f in self._entries(keys.REWARDS, since_ms, until_ms, placement)]
 
+    def rewards_of_range(self, since_ms: int, until_ms: int) -> AsyncIterator[Fields]:
+        """The joined rewards of decisions made in ``[since_ms, until_ms)``, one at a time.
+
+        The stream is read from ``since_ms`` (less :data:`CLOCK_SLACK_MS`) to its end: the reward of a
+        decision made before ``until_ms`` is appended when its window closes, days later for a long
+        window, and later still when the learner was behind, so the range's end bounds nothing."""
+        return self._entries(
+            keys.REWARDS, since_ms, until_ms, None, first_ms=max(0, since_ms - CLOCK_SLACK_MS)
+        )
+
+    async def purchases(
+        self, spans: Sequence[tuple[str, int, int]], batch: int = 1000
+    ) -> list[list[tuple[int, float, str]]]:
+        """For each ``(customer ref, after_ms, until_ms)``, the customer's purchases in that span (after
+        ``after_ms``, up to ``until_ms`` included), as ``(time_ms, revenue, member)``: one pipelined
+        ``ZRANGEBYSCORE`` per customer, ``batch`` customers a round trip."""
+        found: list[list[tuple[int, float, str]]] = []
+        for start in range(0, len(spans), batch):
+            async with translated(), self._redis.pipeline(transaction=False) as pipe:
+                for ref, after_ms, until_ms in spans[start : start + batch]:
+                    pipe.zrangebyscore(ProfileKeys.parse(ref).purchases, f"({after_ms}", until_ms)
+                replies: list[list[str]] = await pipe.execute()
+            for members in replies:
+                bought = []
+                for member in members:  # "time|revenue|event" (feature_store/lua/apply.lua)
+                    time_ms, revenue, _ = member.split("|", 2)
+                    bought.append((int(time_ms), float(revenue), member))
+                found.append(bought)
+        return found
+
+    async def overdue(self, from_ms: int, until_ms: int) -> int:
+        """How many (decision, action) windows closing in ``[from_ms, until_ms]`` the learner has not
+        joined yet (``nba:{l}:pending``, scored by the close)."""
+        if until_ms < from_ms:
+            return 0
+        async with translated():
+            return int(await self._redis.zcount(keys.PENDING, from_ms, until_ms))
+
     async def snapshot(self) -> str | None:
         """The published model snapshot (JSON), ``None`` before the first publish."""
         async with translated():
@@ -63,8 +118,9 @@ class EvaluationStore:
         until_ms: int | None,
         placement: str | None,
         page: int = 2000,
+        first_ms: int | None = None,
     ) -> AsyncIterator[Fields]:
-        start = "-"
+        start = "-" if first_ms is None else str(first_ms)
         while True:
             async with translated():
                 batch: Any = await self._redis.xrange(stream, min=start, max="+", count=page)

@@ -87,6 +87,15 @@ Timed triggers (triggers.py, docs/triggers.md), under the hash tag ``{t}``:
                                                                                             window
 ==========================  ======  =====================================================  ==========
 
+Operations dashboard data (monitoring.py, docs/metrics.md), under the hash tag ``{d}``:
+
+==========================  ======  =====================================================  ==========
+``nba:{d}:samples``         list    one JSON sample of the service's cumulative metrics    capped at
+                                    every 10 s, oldest first                               120 entries
+``nba:{d}:slot:N``          string  taken (SET NX) by the one worker that writes the       60 s
+                                    sample of 10-s slot N (unix seconds // 10)
+==========================  ======  =====================================================  ==========
+
 ``{c:ID}`` is a known customer (``customer_id``), ``{a:ID}`` an anonymous visitor (``anonymous_id``):
 the two id spaces never collide. "Inactivity" is ``NBA_PROFILE_TTL_DAYS`` (400 days by default),
 renewed on every write.
@@ -239,3 +248,12 @@ def outbox_customer(ref: str) -> str:
 TRIGGERS_DUE: Final = f"{PREFIX}:{{t}}:due"
 TRIGGERS_FIRING: Final = f"{PREFIX}:{{t}}:firing"
 TRIGGERS_CANCELLED: Final = f"{PREFIX}:{{t}}:cancelled"
+
+# The operations dashboard's samples (monitoring.py): the capped list, and one claim per 10-s slot so that
+# of several workers and replicas only one writes each sample.
+DASHBOARD_SAMPLES: Final = f"{PREFIX}:{{d}}:samples"
+DASHBOARD_SLOT_PREFIX: Final = f"{PREFIX}:{{d}}:slot:"
+
+
+def dashboard_slot(slot: int) -> str:
+    return f"{DASHBOARD_SLOT_PREFIX}{slot}"

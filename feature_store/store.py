@@ -34,6 +34,7 @@ from feature_store.profile import WINDOW_SPEC, ContactRecord, Profile, RawProfil
 
 if TYPE_CHECKING:
     from feature_store.learning import LearnerStore
+    from feature_store.monitoring import MonitoringStore
     from feature_store.outbox import Outbox
     from feature_store.triggers import TriggerOp, TriggerStore
 
@@ -261,7 +262,7 @@ class ProfileStore:
 
     async def profile(self, profile_id: str, kind: IdKind = IdKind.CUSTOMER) -> Profile | None:
         """The live profile, or ``None`` when nothing is known of this id."""
-        read = await self.apply_and_read(ProfileKeys(kind, profile_id), [])
+        read = await self._apply_and_read(ProfileKeys(kind, profile_id), [])
         return read.profile
 
     async def apply_and_read(
@@ -269,6 +270,13 @@ class ProfileStore:
     ) -> Read:
         """Apply the events of one profile (and the trigger instances they start and cancel) and read it
         back, in one round trip (two via a linked id)."""
+        return await self._apply_and_read(profile_keys, events, trigger_ops)
+
+    # Public methods call private ones, never each other: the app measures each public call as one store
+    # operation (app/metrics.py), and a nested one would be counted twice.
+    async def _apply_and_read(
+        self, profile_keys: ProfileKeys, events: Sequence[Event], trigger_ops: Sequence[TriggerOp] = ()
+    ) -> Read:
         groups = {profile_keys: list(events)}
         call = [_Call([profile_keys], [list(events)])]
         [(_, result)] = await self._apply(call, read=True, trigger_ops=trigger_ops)
@@ -450,6 +458,12 @@ class ProfileStore:
         from feature_store.outbox import Outbox
 
         return Outbox(self._redis)
+
+    def monitoring(self) -> MonitoringStore:
+        """Backlogs and the dashboard's samples, in the same Redis (monitoring.py)."""
+        from feature_store.monitoring import MonitoringStore
+
+        return MonitoringStore(self._redis)
 
     async def catalogue_generation(self) -> str:
         async with translated():

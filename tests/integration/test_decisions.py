@@ -251,7 +251,7 @@ async def test_a_frozen_store_falls_back_within_the_decision_budget(
     # The store timeout is 0.5 s; the budget of 0.1 s is what bounds a decision.
     assert elapsed < 0.45
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
-    fallbacks = [e for e in logged if e.get("event") == "decision_fallback"]
+    fallbacks = [e for e in logged if e.get("event") == "decision" and e.get("fallback")]
     assert [(e["decision_id"], e["reason"]) for e in fallbacks] == [(answer["decision_id"], "budget")]
 
 
