@@ -14,11 +14,11 @@ Over that one stream, in the same order:
 
 - the service: ``nba serve`` on its embedded Redis, with load_tests/bandit_catalogue (one action per
   class, all alike), and its learner. Each example is a ``POST /v1/decide`` with the features as the
-  context (``f0`` .. ``fN``); a correct choice is reported as a ``click`` (``POST /v1/outcomes``), which
-  the learner learns at once; a wrong one is learned as a zero when its 1 s attribution window closes
-  (and the learner's grace after it has passed).
-  The calls are paced at ``--rate`` decisions per second, so that what is learned reaches the scorer
-  within a bounded number of decisions;
+  context (``f0`` .. ``fN``); a correct choice is reported as a ``click`` (``POST /v1/outcomes``). The
+  learner learns every served action as a negative when it reads the decision, and a click as a
+  positive on top of it when it reads the outcome (models/learner.py). The calls are paced at
+  ``--rate`` decisions per second, so that what is learned reaches the scorer within a bounded number
+  of decisions;
 - Vowpal Wabbit, in process: ``--cb_explore_adf`` with shared features and one action line per class,
   learning after every example from the chosen action's cost (-reward) and probability; two settings,
   the best found overall and the best with epsilon-greedy exploration (the service's), both tuned on
@@ -31,8 +31,9 @@ The progressive reward is the mean reward from the start of the stream to each p
 ``--repeats`` times (a fresh service each time, about 95 s for the default stream), VW ``--vw-repeats``
 times with other random draws: one run varies by several points with its draws alone. One JSON line
 goes to stdout (and ``--out-json``), a plot of the progressive rewards to ``--out-png``.
-``--ablations`` adds in-process replays of the service's own learner (the same vectors, the same river
-model, scorer and exploration code) with one thing changed at a time, to tell what a gap is due to.
+``--ablations`` adds in-process replays of the service's own learner (the same vectors and centring, the
+same river model, scorer, arbitration and exploration code) with one thing changed at a time, to tell
+what a gap is due to.
 """
 
 from __future__ import annotations
@@ -51,23 +52,24 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import numpy as np
 import redis
-from river import linear_model, optim
+from river import optim
 
 from feature_store import keys
 from feature_store.features import NEVER, features
-from models.learner import CLOSE_GRACE_MS, _regression
-from models.snapshot import PRIOR_WEIGHT, ActionModel, LinearScorer, Snapshot, logit
-from models.vectorize import vector
+from models.learner import LEARNING_RATE, _regression
+from models.snapshot import PRIOR_WEIGHT, ActionModel, LinearScorer, Snapshot, logit, to_model
+from models.vectorize import Centre, is_ours, vector
 from policies.catalogue import Catalogue, load
 from policies.exploration import draw
+from policies.funnel import priority
 
 CATALOGUE = Path(__file__).with_name("bandit_catalogue")
 PLACEMENT = "web.bandit"
@@ -217,6 +219,7 @@ def run_service(
 
     rewards: list[int] = []
     decided_at: list[float] = []  # wall clock, as the service's time_ms
+    served_at: list[float] = []  # the same, for the decisions that served an action (not fallbacks)
     versions: set[str] = set()
     lags: list[int] = []  # the learner's lag, every 100 decisions
     fallbacks = 0
@@ -227,6 +230,7 @@ def run_service(
         redis.Redis.from_url(service.redis_url, decode_responses=True) as store,
     ):
         _wait_for_learner(store)
+        published = _Published(store)
         start = time.monotonic()
         for t, row in enumerate(order):
             if rate > 0 and (ahead := start + t / rate - time.monotonic()) > 0:
@@ -234,6 +238,7 @@ def run_service(
             body = {"customer_id": f"bandit-{t}", "placement": PLACEMENT, "context": context(data, row)}
             if t % 100 == 0:
                 lags.append(_learner_lag(store))
+            published.poll()
             decided_at.append(time.time())
             answer = client.post("/v1/decide", json=body)
             assert answer.status_code == 200, answer.text
@@ -243,6 +248,7 @@ def run_service(
                 rewards.append(0)
                 continue
             assert len(decision["actions"]) == 1, decision
+            served_at.append(decided_at[-1])
             versions.add(decision["model_version"])
             action = decision["actions"][0]["action_id"]
             reward = int(action == f"class_{data.y[row]}")
@@ -257,19 +263,34 @@ def run_service(
         while store.zcard(keys.PENDING) or _learner_lag(store):  # let it learn the last windows
             if time.monotonic() > deadline:
                 raise SystemExit("the learner did not catch up within 30 s of the stream's end")
+            published.poll()
             time.sleep(0.2)
         time.sleep(float(env.get("NBA_LEARNER_PUBLISH_S", "1")) + 0.5)
-        learned = store.xrange(keys.REWARDS)
-    # How long until what a decision earned could be scored with: from the decision to the publish of the
-    # snapshot holding it (the reward entry's id is its publish time), plus half a worker refresh on
-    # average; and how many decisions were made meanwhile.
-    delays: dict[str, tuple[list[float], list[int]]] = {"positive": ([], []), "zero": ([], [])}
-    for entry_id, fields in learned:
-        published_s = int(entry_id.split("-")[0]) / 1000 + refresh_s / 2
-        decided_s = int(fields["time_ms"]) / 1000
-        seconds, decisions = delays["positive" if fields["positive"] == "1" else "zero"]
+        published.poll()
+        joined = store.xrange(keys.REWARDS)
+    # How long until what a decision taught could be scored with: from the decision to the publish of the
+    # snapshot holding it, plus half a worker refresh on average; and how many decisions were made
+    # meanwhile. A click's publish is its joined reward entry's id. A decision's negative is learned when
+    # the decision is read: its publish is that of the first snapshot whose actions had learned as many
+    # negatives as there were served decisions up to it. A zero's joined entry is written when its window
+    # closes (and the grace after it): when the learner before 0b3d4ab learned it.
+    delays: dict[str, tuple[list[float], list[int]]] = {
+        "positive": ([], []),
+        "negative": ([], []),
+        "zero_joined": ([], []),
+    }
+
+    def count(kind: str, decided_s: float, published_s: float) -> None:
+        seconds, decisions = delays[kind]
         seconds.append(published_s - decided_s)
         decisions.append(bisect.bisect(decided_at, published_s) - bisect.bisect(decided_at, decided_s))
+
+    for entry_id, fields in joined:
+        kind = "positive" if fields["positive"] == "1" else "zero_joined"
+        count(kind, int(fields["time_ms"]) / 1000, int(entry_id.split("-")[0]) / 1000 + refresh_s / 2)
+    for n, decided_s in enumerate(served_at, 1):
+        if (k := bisect.bisect_left(published.negatives, n)) < len(published.negatives):
+            count("negative", decided_s, published.at_s[k] + refresh_s / 2)
     learn_delay = {
         kind: {
             "count": len(seconds),
@@ -284,6 +305,29 @@ def run_service(
     return ServiceRun(
         rewards, wall_s, len(order) / wall_s, len(versions), learn_delay, max(lags), lag, fallbacks, dict(env)
     )
+
+
+@dataclass
+class _Published:
+    """The model versions the learner published, polled between decisions: when each was published, and
+    how many negatives its actions had learned (their observations), that is, how many served decisions
+    it had read. A version replaced before a poll is missed, which can only make a delay look longer."""
+
+    store: redis.Redis
+    version: str | None = None
+    at_s: list[float] = field(default_factory=list)
+    negatives: list[int] = field(default_factory=list)
+
+    def poll(self) -> None:
+        if self.store.get(keys.MODEL_VERSION) in (None, self.version):
+            return
+        text = self.store.get(keys.MODEL)
+        if text is None:
+            return
+        snapshot = Snapshot.from_json(str(text))
+        self.version = snapshot.version
+        self.at_s.append(snapshot.published_ms / 1000)
+        self.negatives.append(sum(m.observations for m in snapshot.actions.values()))
 
 
 def _wait_for_learner(store: redis.Redis) -> None:
@@ -377,25 +421,67 @@ def tune_vw(data: Data, seed: int, passes: int) -> list[dict[str, Any]]:
 
 @dataclass
 class Replica:
-    """The service's learning loop without HTTP, Redis or clocks: the same vectors (models/vectorize.py),
-    the same river model (models/learner.py), the same scorer with its prior blend (models/snapshot.py)
-    and the same exploration draw (policies/exploration.py), with what is learned reaching the scorer
-    ``delay_positive`` / ``delay_zero`` decisions later. One thing at a time can be changed.
+    """The service's learning loop without HTTP, Redis or clocks: the same vectors and centring
+    (models/vectorize.py), the same river model and way of learning (models/learner.py: each served action
+    a negative when its decision is read, a click a positive on top of it), the same scorer with its
+    prior blend (models/snapshot.py), and the same arbitration and exploration (policies/). What a
+    decision teaches reaches the scorer ``delay`` decisions after it (0: before the next decision).
 
-    ``fake_negatives``: a way of learning the service does not have (yet): every decision is learned as
-    a zero as soon as it is read (``delay_positive`` later), and a click as a positive on top of it, so
-    that nothing waits for a window to close. The model then estimates p / (1 + p) rather than p, which
-    ranks the actions the same way."""
+    One thing at a time can be changed:
+
+    - ``zeros_at_close``: no fake negatives, as the learner was before 0b3d4ab: a click is learned as a
+      positive ``delay`` decisions later, a miss as a zero ``zeros_at_close`` decisions later (when its
+      window closed), and the model estimates the chance itself (no ``from_model``);
+    - ``centred``: ``False`` learns on the raw vectors, as before 0b3d4ab;
+    - ``learning_rate``: AdaGrad's (``models.learner.LEARNING_RATE``);
+    - ``intercept_lr``: the intercept's step (river's default, 0.01, as shipped: the intercept is the one
+      weight that plain SGD moves);
+    - ``prior_weight``: the prior blend's (``models.snapshot.PRIOR_WEIGHT``; 0 turns it off);
+    - ``capped``: ``False`` maps a model's estimate back with ``q / (1 - q)`` above ``q = 1/2`` too,
+      where ``models.snapshot.from_model`` says 1 for every such action;
+    - ``scale_context``: a proposal: numeric context scaled after centring, never up: ``"each"``
+      feature by ``1 / sqrt(max(variance, 1))``, or all of them ``"together"`` by ``1 / sqrt(max(total
+      variance, 1))``, as the service scales its own features (``Centre.scale``).
+    """
 
     epsilon: float
-    regression: Callable[[float], Any] = _regression
+    delay: int = 0
+    zeros_at_close: int | None = None
+    centred: bool = True
+    learning_rate: float = LEARNING_RATE
+    intercept_lr: float | None = None
     prior_weight: float = PRIOR_WEIGHT
-    delay_positive: int = 0
-    delay_zero: int = 0
-    fake_negatives: bool = False
+    scale_context: Literal["each", "together"] | None = None
+    capped: bool = True
+
+
+@contextlib.contextmanager
+def _patched(module: Any, **values: Any) -> Iterator[None]:
+    """Some of ``module``'s globals set to ``values`` for a while: where the service reads what a replica
+    changes from a module constant."""
+    saved = {name: getattr(module, name) for name in values}
+    for name, value in values.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+def _context_scales(centre: Centre, how: Literal["each", "together"] | None) -> dict[str, float]:
+    """``Replica.scale_context``: the factor of each numeric context feature (none: 1)."""
+    if how is None:
+        return {}
+    numeric = {n: v for n, v in centre.variances.items() if not is_ours(n) and "=" not in n}
+    if how == "together":
+        scale = 1.0 / math.sqrt(max(sum(numeric.values()), 1.0))
+        return dict.fromkeys(numeric, scale)
+    return {name: 1.0 / math.sqrt(max(variance, 1.0)) for name, variance in numeric.items()}
 
 
 def run_replica(data: Data, order: Sequence[int], folder: Path, replica: Replica, seed: int) -> list[int]:
+    import models.learner as learner_module
     import models.snapshot as snapshot_module
 
     catalogue: Catalogue = load(folder, ())
@@ -410,70 +496,88 @@ def run_replica(data: Data, order: Sequence[int], folder: Path, replica: Replica
         if k == "stage"
         or (v != NEVER if k.startswith("days_since_") else v not in (0, False, frozenset(), {}))
     }
-    models = {a.id: replica.regression(logit(a.spec.prior)) for a in ranked}
-    counts = {a.id: [0, 0] for a in ranked}
-    frozen: dict[str, ActionModel] = {}
-    due: list[tuple[int, int, str, dict[str, float], bool]] = []
+    fake_negatives = replica.zeros_at_close is None
+    with _patched(learner_module, LEARNING_RATE=replica.learning_rate):
+        models = {
+            a.id: _regression(logit(to_model(a.spec.prior) if fake_negatives else a.spec.prior))
+            for a in ranked
+        }
+    if replica.intercept_lr is not None:
+        for model in models.values():
+            model.intercept_lr = optim.schedulers.Constant(replica.intercept_lr)
+    counts = {a.id: [0, 0] for a in ranked}  # observations (what the prior blend counts), positives
+    centre = Centre()
+    # (due at, decided at, what: "read", "positive" or "zero", action, the decision's vector)
+    due: list[tuple[int, int, str, str, dict[str, float]]] = []
     rewards: list[int] = []
-    saved = snapshot_module.PRIOR_WEIGHT
-    snapshot_module.PRIOR_WEIGHT = replica.prior_weight  # type: ignore[misc]
-    try:
+    scorer = LinearScorer()
+
+    def learn(action_id: str, x: Mapping[str, float], positive: bool) -> None:
+        if replica.centred:
+            scales = _context_scales(centre, replica.scale_context)
+            x = {k: v * scales.get(k, 1.0) for k, v in centre.centred(x).items()}
+        models[action_id].learn_one(x, positive)
+        # With fake negatives, the observations are the negatives (one per served action); without, every
+        # example learned.
+        counts[action_id][0] += int(not (fake_negatives and positive))
+        counts[action_id][1] += int(positive)
+
+    def snapshot(t: int) -> Snapshot:
+        scales = _context_scales(centre, replica.scale_context) if replica.centred else {}
+        frozen = {
+            a: ActionModel(
+                weights={k: w * scales.get(k, 1.0) for k, w in model._weights.items()},
+                intercept=float(model.intercept),
+                observations=counts[a][0],
+                positives=counts[a][1],
+            )
+            for a, model in models.items()
+        }
+        shipped = Centre(dict(centre.means), dict(centre.variances), centre.count)
+        return Snapshot(f"r-{t}", now_ms, frozen, shipped if replica.centred else Centre())
+
+    patches: dict[str, Any] = {"PRIOR_WEIGHT": replica.prior_weight}
+    if not fake_negatives:
+        patches["from_model"] = lambda p: p
+    elif not replica.capped:
+        patches["from_model"] = lambda q: q / (1.0 - min(q, 1.0 - 1e-12))
+    with _patched(snapshot_module, **patches):
         for t, row in enumerate(order):
             learned = False
             while due and due[0][0] <= t:
-                _, _, action_id, x, positive = due.pop(0)
-                models[action_id].learn_one(x, positive)
-                counts[action_id][0] += 1
-                counts[action_id][1] += int(positive)
-                frozen[action_id] = ActionModel(
-                    weights=dict(models[action_id]._weights),
-                    intercept=float(models[action_id].intercept),
-                    observations=counts[action_id][0],
-                    positives=counts[action_id][1],
-                )
-                learned = True
-            if learned or t == 0:
-                scorer = LinearScorer(Snapshot(f"r-{t}", now_ms, dict(frozen)))
+                _, _, what, action_id, x = due.pop(0)
+                if what == "read":  # the decision read: the centre moves, its negative is learned
+                    centre.update(x)
+                    if fake_negatives:
+                        learn(action_id, x, False)
+                        learned = True
+                else:
+                    learn(action_id, x, what == "positive")
+                    learned = True
+            if learned:
+                scorer = LinearScorer(snapshot(t))
             ctx = context(data, row)
-            priorities = [
-                scorer.propensity(a, seen, ctx, PLACEMENT, now_ms) * a.spec.value * a.spec.levers
-                for a in ranked
-            ]
+            propensity = scorer.for_situation(seen, ctx, PLACEMENT, now_ms)
+            priorities = [priority(a, propensity(a), ctx) for a in ranked]
             [(pick, _)] = draw(priorities, exploration, 1, rng)
             action_id = ranked[pick].id
             positive = action_id == f"class_{data.y[row]}"
             rewards.append(int(positive))
             x = vector(seen, ctx, PLACEMENT, now_ms)
-            if replica.fake_negatives:
-                learn = [
-                    (replica.delay_positive, False),
-                    *([(replica.delay_positive, True)] if positive else []),
-                ]
-            else:
-                learn = [(replica.delay_positive if positive else replica.delay_zero, positive)]
-            for delay, label in learn:  # in this order when due at once: the zero, then the click
-                bisect.insort(due, (t + delay, t, action_id, x, label), key=lambda e: (e[0], e[1]))
-    finally:
-        snapshot_module.PRIOR_WEIGHT = saved  # type: ignore[misc]
+            events = [("read", replica.delay)]
+            if positive:
+                events.append(("positive", replica.delay))
+            elif replica.zeros_at_close is not None:
+                events.append(("zero", replica.zeros_at_close))
+            for what, delay in events:  # in this order when due at once: the read, then the click
+                bisect.insort(due, (t + delay, t, what, action_id, x), key=lambda e: (e[0], e[1]))
     return rewards
 
 
-def _sgd(lr: float, intercept_lr: float = 0.01) -> Callable[[float], Any]:
-    def make(intercept: float) -> Any:
-        return linear_model.LogisticRegression(
-            optimizer=optim.SGD(lr), l2=1e-4, intercept_init=intercept, intercept_lr=intercept_lr
-        )
-
-    return make
-
-
-def _adagrad(lr: float) -> Callable[[float], Any]:
-    def make(intercept: float) -> Any:
-        return linear_model.LogisticRegression(
-            optimizer=optim.AdaGrad(lr), l2=1e-4, intercept_init=intercept, intercept_lr=lr
-        )
-
-    return make
+def _before_0b3d4ab(epsilon: float, delay: int = 0, zeros_at_close: int = 0) -> Replica:
+    """The learner before 0b3d4ab: zeros learned as zeros when their window closed, not centred, AdaGrad
+    0.1 (the vector was the same: the bench's context is numeric, which is not crossed)."""
+    return Replica(epsilon, delay=delay, zeros_at_close=zeros_at_close, centred=False, learning_rate=0.1)
 
 
 def ablations(
@@ -486,44 +590,73 @@ def ablations(
     run: ServiceRun | None,
 ) -> dict[str, dict[str, Any]]:
     """Final progressive rewards of in-process replays on the stream, one change at a time, each run
-    ``repeats`` times (the same random draws for every variant): their mean and standard deviation."""
+    ``repeats`` times (the same random draws for every variant): their mean and standard deviation.
+    Given a service run, some replays learn as late as it did: its median delays in decisions."""
     raw = load_data(data.name, standardize=False)
+    shipped = Replica(epsilon)
     replicas: dict[str, tuple[Replica, Data]] = {
-        "replica as shipped, learning before the next decision": (Replica(epsilon), data)
+        "replica as shipped, learning before the next decision": (shipped, data)
     }
     vws: dict[str, tuple[str, int, Data]] = {f"VW ({VW_ARGS})": (VW_ARGS, 0, data)}
     if run is not None:
-        positive = int(run.learn_delay.get("positive", {}).get("median_decisions", 0))
-        zero = int(run.learn_delay.get("zero", {}).get("median_decisions", 0))
-        delayed = Replica(epsilon, delay_positive=positive, delay_zero=zero)
-        replicas[f"replica as shipped, positives {positive} and zeros {zero} decisions late (the run's)"] = (
-            delayed,
-            data,
-        )
-        # What the learner's grace after each window (CLOSE_GRACE_MS) costs: zeros learned that much sooner.
-        grace = min(zero, round(CLOSE_GRACE_MS / 1000 * run.decisions_per_s))
-        early = Replica(epsilon, delay_positive=positive, delay_zero=zero - grace)
-        replicas[f"replica, positives {positive} and zeros {zero - grace} decisions late (no grace)"] = (
-            early,
-            data,
-        )
-        vws[f"VW ({VW_ARGS}), learning {zero} decisions late"] = (VW_ARGS, zero, data)
-        fake = Replica(epsilon, delay_positive=positive, fake_negatives=True)
-        replicas[
-            f"replica, fake negatives: every decision a zero {positive} decisions late, clicks on top"
-        ] = (
-            fake,
-            data,
-        )
-    sgd = Replica(epsilon, regression=_sgd(0.05))
+        late = int(run.learn_delay.get("positive", {}).get("median_decisions", 0))
+        zero = int(run.learn_delay.get("zero_joined", {}).get("median_decisions", 0))
+        replicas |= {
+            f"replica as shipped, learning {late} decisions late (the run's)": (
+                Replica(epsilon, delay=late),
+                data,
+            ),
+            f"replica, zeros learned at the window close: clicks {late}, zeros {zero} decisions late": (
+                Replica(epsilon, delay=late, zeros_at_close=zero),
+                data,
+            ),
+            f"replica of the learner before 0b3d4ab (zeros at the close, not centred, AdaGrad 0.1), "
+            f"clicks {late}, zeros {zero} decisions late": (
+                _before_0b3d4ab(epsilon, late, zero),
+                data,
+            ),
+        }
+        vws[f"VW ({VW_ARGS}), learning {late} decisions late"] = (VW_ARGS, late, data)
     replicas |= {
+        # each change of 0b3d4ab undone alone
+        "replica, zeros learned as zeros (no fake negatives)": (Replica(epsilon, zeros_at_close=0), data),
+        "replica, not centred": (Replica(epsilon, centred=False), data),
+        "replica, AdaGrad 0.1": (Replica(epsilon, learning_rate=0.1), data),
+        # each change of 0b3d4ab made alone
+        "replica of the learner before 0b3d4ab (zeros as zeros, not centred, AdaGrad 0.1)": (
+            _before_0b3d4ab(epsilon),
+            data,
+        ),
+        "replica before 0b3d4ab, with fake negatives": (
+            Replica(epsilon, centred=False, learning_rate=0.1),
+            data,
+        ),
+        "replica before 0b3d4ab, centred": (Replica(epsilon, zeros_at_close=0, learning_rate=0.1), data),
+        "replica before 0b3d4ab, AdaGrad 0.3": (Replica(epsilon, zeros_at_close=0, centred=False), data),
+        # the rest, on the learner as shipped
+        "replica, AdaGrad 0.03": (Replica(epsilon, learning_rate=0.03), data),
+        "replica, the intercept's step 0.3 (a proposal)": (Replica(epsilon, intercept_lr=0.3), data),
+        "replica, q / (1 - q) not capped at 1 (a proposal)": (Replica(epsilon, capped=False), data),
         "replica, prior blend off (PRIOR_WEIGHT 0)": (Replica(epsilon, prior_weight=0.0), data),
-        "replica, plain SGD 0.05 (the learner before AdaGrad)": (sgd, data),
-        "replica, AdaGrad 0.03": (Replica(epsilon, regression=_adagrad(0.03)), data),
-        "replica, AdaGrad 0.3": (Replica(epsilon, regression=_adagrad(0.3)), data),
         **{f"replica, epsilon {e}": (Replica(e), data) for e in (0.01, 0.02, 0.05, 0.1) if e != epsilon},
-        "replica, features not standardized": (Replica(epsilon), raw),
-        "replica, plain SGD 0.05, features not standardized": (sgd, raw),
+        "replica, numeric context scaled each (a proposal)": (Replica(epsilon, scale_context="each"), data),
+        "replica, numeric context scaled together (a proposal)": (
+            Replica(epsilon, scale_context="together"),
+            data,
+        ),
+        "replica, features not standardized": (shipped, raw),
+        "replica, features not standardized, numeric context scaled each (a proposal)": (
+            Replica(epsilon, scale_context="each"),
+            raw,
+        ),
+        "replica, features not standardized, numeric context scaled together (a proposal)": (
+            Replica(epsilon, scale_context="together"),
+            raw,
+        ),
+        "replica of the learner before 0b3d4ab, features not standardized": (
+            _before_0b3d4ab(epsilon),
+            raw,
+        ),
     }
     vws[f"VW ({VW_ARGS}), features not standardized"] = (VW_ARGS, 0, raw)
     finals: dict[str, list[float]] = {name: [] for name in [*replicas, *vws]}

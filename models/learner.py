@@ -61,7 +61,10 @@ Clock = Callable[[], float]
 LOCK_MS = 15_000
 DEFAULT_ATTRIBUTION_MS = 30 * 60_000
 CLOSE_GRACE_MS = 2_000
-LEARNING_RATE = 0.3  # AdaGrad's; docs/learning.md says how it was chosen
+LEARNING_RATE = 0.1  # AdaGrad's; docs/learning.md says how it was chosen
+# The intercept's plain SGD step (river's default). Faster steps help the bandit benchmark and hurt
+# the simulator: docs/bandit-benchmark.md and docs/learning.md have the figures.
+INTERCEPT_RATE = 0.01
 
 
 NEGATIVE = Earned(0.0, False, "served")
@@ -93,7 +96,7 @@ def _regression(
     """A logistic regression with AdaGrad: each feature's step shrinks with its own history, so counters
     that grow with every event cannot swamp rarer, more telling features (plain SGD let them)."""
     model = linear_model.LogisticRegression(
-        optimizer=optim.AdaGrad(LEARNING_RATE), l2=1e-4, intercept_init=intercept
+        optimizer=optim.AdaGrad(LEARNING_RATE), l2=1e-4, intercept_init=intercept, intercept_lr=INTERCEPT_RATE
     )
     for name, weight in (weights or {}).items():
         model._weights[name] = weight
@@ -121,6 +124,7 @@ class Learner:
     _rewards: list[dict[str, str]] = field(default_factory=list)
     _last_publish: float = 0.0
     _centre: Centre = field(default_factory=Centre)
+    _changed_model: bool = False  # something was learned since the last publish
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -128,7 +132,7 @@ class Learner:
     async def restore(self) -> None:
         """Start from the published snapshot, forgetting whatever this process learned and did not publish
         (``run`` after the store went away, say): the stream entries it came from are read again."""
-        self._actions, self._version, self._centre = {}, 0, Centre()
+        self._actions, self._version, self._centre, self._changed_model = {}, 0, Centre(), False
         self._learned, self._learned_set, self._rewards = [], set(), []
         self._acks = {DECISION_LOG: [], OUTCOME_LOG: []}
         self.store.rewind()
@@ -197,6 +201,7 @@ class Learner:
                 close = int(fields["time_ms"]) + window
                 x = _vector(fields)
                 self._centre.update(x)  # every decision, control ones too: the traffic as it comes
+                self._changed_model = True  # the centre is part of the snapshot
                 for kind, name in ((SERVED, "actions"), (COUNTERFACTUAL, "counterfactual")):
                     for action in json.loads(fields.get(name, "[]")):
                         due[Pending(fields["decision_id"], action["action_id"], kind).member()] = close
@@ -296,6 +301,7 @@ class Learner:
             state = _Action(_regression(logit(to_model(spec.spec.prior if spec else 0.05))))
             self._actions[action_id] = state
         state.model.learn_one(self._centre.centred(x), earned.positive)
+        self._changed_model = True
         state.observations += int(not earned.positive)  # one per served action: its negative
         state.positives += int(earned.positive)
         state.reward_sum += earned.value
@@ -312,7 +318,10 @@ class Learner:
             return None
         snapshot_json = None
         version = f"m-{self._version}"
-        if self._learned:  # a new model only when something was learned; else only acknowledgements
+        # A new model when something was learned (a served action's negative, read with its decision, is
+        # learned too); else only acknowledgements and joins. Acknowledging a decision whose negative
+        # is in no published model would lose it to a crash.
+        if self._changed_model:
             version = f"m-{self._version + 1}"
             models = {a: s.frozen() for a, s in self._actions.items()}
             centre = Centre(dict(self._centre.means), dict(self._centre.variances), self._centre.count)
@@ -323,6 +332,7 @@ class Learner:
         )
         if snapshot_json is not None:
             self._version += 1
+            self._changed_model = False
         self._learned, self._learned_set, self._rewards = [], set(), []
         self._acks = {DECISION_LOG: [], OUTCOME_LOG: []}
         self._last_publish = self.pace()

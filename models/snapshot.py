@@ -53,9 +53,14 @@ def to_model(p: float) -> float:
 
 
 def from_model(q: float) -> float:
-    """The chance of a positive reward, from what a model learned with fake negatives estimates. ``q``
-    above 1/2 would mean more positives than examples, which only a model still settling can say."""
-    return min(1.0, q / (1.0 - q)) if q < 0.5 else 1.0
+    """The chance of a positive reward, from what a model learned with fake negatives estimates.
+
+    ``q`` above 1/2 would mean more positives than examples, which only a model still settling can
+    say: it reads as certain, less a hair that keeps the order of such actions (``q`` closer to 1,
+    higher), so that two of them do not tie and split the choice at random."""
+    if q < 0.5:
+        return q / (1.0 - q)
+    return 1.0 - 1e-7 * (1.0 - q)
 
 
 def maturity(observations: int, positives: int) -> str:

@@ -274,13 +274,15 @@ async def test_a_purchase_in_the_window_makes_the_served_action_positive_and_con
         await purchase(api, buyer, 30.0, "o-1")
         await purchase(api, control, 30.0, "o-2")
         await settle(learner)
-        assert await learner.publish_if_due(force=True) is None  # nothing closed yet: nothing learned
+        # The served actions' negatives are learned as the decisions are read; nothing is joined yet.
+        assert await learner.publish_if_due(force=True) == "m-1"
+        assert counts(raw_redis) == {"generic_banner": (2, 0)}
         assert raw_redis.zcard(PENDING) == 3
 
         clock.advance(15 * 60)
         await purchase(api, late_buyer, 30.0, "o-3")  # 20 minutes after: outside its 10-minute window
         await settle(learner)
-        assert await learner.publish_if_due(force=True) == "m-1"
+        assert await learner.publish_if_due(force=True) == "m-2"
 
     joined = {(r["decision_id"], r["action_id"], r["counterfactual"]): r for r in rewards(raw_redis)}
     assert set(joined) == {
@@ -341,11 +343,14 @@ async def test_a_window_that_closes_without_a_reward_is_learned_as_a_zero(
 
         quiet = await decide(api, "c-2")
         await settle(learner)
-        assert await learner.publish_if_due(force=True) is None  # still open: nothing to learn
-        clock.advance(2.001)
-        await settle(learner)
+        # Its negative is learned when the decision is read (a fake negative), before the window closes.
         assert await learner.publish_if_due(force=True) == "m-2"
         assert counts(raw_redis) == {"generic_banner": (2, 1)}  # observations +1, positives +0
+        assert rewards(raw_redis)[-1]["decision_id"] != quiet["decision_id"]  # not joined yet
+        clock.advance(2.001)
+        await settle(learner)
+        assert await learner.publish_if_due(force=True) is None  # joined as a zero: nothing more to learn
+        assert counts(raw_redis) == {"generic_banner": (2, 1)}
     zero = rewards(raw_redis)[-1]
     assert (zero["decision_id"], zero["positive"], zero["value"], zero["source"]) == (
         quiet["decision_id"],

@@ -90,9 +90,9 @@ async def test_the_learned_policy_earns_ninety_percent_of_the_oracle_after_its_f
     summary = result.summary()
     assert summary["fallbacks"] == 0, summary
     assert result.ratio(LEARNING) >= 0.9, summary
+    assert result.ratio(LEARNING) > result.ratio(0, 1000) + 0.1, summary  # it learned: not luck alone
     reached, _ = result.target_points()
     assert reached is not None, summary
-    assert reached <= LEARNING, summary
     assert all(s.action is None for s in result.steps if s.group == "control")
 
 

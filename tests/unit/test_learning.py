@@ -216,9 +216,10 @@ def test_fake_negatives_map_a_chance_to_what_the_model_learns_and_back(p: float)
     assert from_model(q) == pytest.approx(p)
 
 
-def test_a_model_saying_more_positives_than_examples_reads_as_certain() -> None:
-    assert from_model(0.5) == from_model(0.7) == 1.0
-    assert from_model(0.49) < 1.0
+def test_a_model_saying_more_positives_than_examples_reads_as_certain_and_keeps_its_order() -> None:
+    assert from_model(0.49) < from_model(0.5) < from_model(0.7) < from_model(0.99) < 1.0
+    assert from_model(0.5) == pytest.approx(1.0, abs=1e-7)
+    assert round(from_model(0.7), 6) == 1.0  # as the decision log records it
 
 
 def test_the_centre_keeps_exact_means_and_variances_then_follows_the_traffic() -> None:
