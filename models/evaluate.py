@@ -591,7 +591,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: times as RFC 3339, NaN as null."""
-        data: dict[str, Any] = _finite(asdict(self))
+        data: dict[str, Any] = finite(asdict(self))
         data["since"] = _iso(self.since_ms)
         data["until"] = _iso(self.until_ms)
         return data
@@ -600,19 +600,23 @@ class Report:
         return next(e for e in self.estimates if e.policy == policy)
 
 
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
+def iso_s(ms: int) -> str:
+    """A time as RFC 3339 to the second, UTC (the reports' times)."""
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _finite(value: Any) -> Any:
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else iso_s(ms)
+
+
+def finite(value: Any) -> Any:
+    """``value`` for JSON: NaN and infinities (an estimate that does not exist) become null."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 

@@ -45,9 +45,10 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from models.evaluate import finite
+from models.evaluate import iso_s as iso
 from policies.catalogue import Catalogue
 
 if TYPE_CHECKING:
@@ -474,7 +475,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: times as RFC 3339, NaN as null."""
-        data: dict[str, Any] = _finite(asdict(self))
+        data: dict[str, Any] = finite(asdict(self))
         for name in ("since_ms", "until_ms", "now_ms"):
             del data[name]
         data = {
@@ -617,20 +618,6 @@ def default_range(since_ms: int | None, until_ms: int | None, now_ms: int) -> tu
 
 
 # --- rendering -----------------------------------------------------------------------------------------
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _signed(value: float, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
