@@ -132,7 +132,9 @@ class Sampler:
         age = round(now - snapshot.published_ms / 1000, 3) if snapshot.published_ms else None
         sample: dict[str, Any] = {"t": round(now, 3), "instance": self.instance}
         sample.update(summarise(metrics.cumulative()))
-        sample["model"] = {"version": snapshot.version, "age_s": age}
+        # Per action, [observations, positives]: the dashboard's learning curves, 15 minutes back.
+        learned = {a: [m.observations, m.positives] for a, m in snapshot.actions.items()}
+        sample["model"] = {"version": snapshot.version, "age_s": age, "actions": learned}
         sample["triggers"] = {"pending": found.triggers_pending, "due": found.triggers_due} if found else None
         sample["dead_letters"] = found.dead_letters if found else None
         sample["outbox_due"] = found.outbox_due if found else None

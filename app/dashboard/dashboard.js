@@ -1,6 +1,6 @@
 // The live operations dashboard (GET /dashboard). It fetches, with the admin key this tab holds:
 //   /v1/admin/dashboard/data  every REFRESH_MS: the samples of the last 15 minutes (compute.js)
-//   /v1/models                every REFRESH_MS: maturity now, and the learning curves since the page opened
+//   /v1/models                every REFRESH_MS: maturity now, and the latest point of the learning curves
 //   /v1/reports/uplift        every UPLIFT_MS (it reads the rewards stream), or UPLIFT_EMPTY_MS while it
 //                             has nothing to compare yet: treatment against control
 // and draws them (charts.js). docs/dashboard.md says what each chart computes.
@@ -397,13 +397,24 @@ async function refresh() {
     state.open = !data.keyed;
     state.data = data.body;
     state.models = models.body;
+    // The curves: the samples' history (15 minutes, whoever opened the page when), then this poll.
+    const history = (data.body.samples || [])
+      .filter((sample) => sample.model && sample.model.actions)
+      .map((sample) => ({
+        t: sample.t,
+        actions: Object.fromEntries(
+          Object.entries(sample.model.actions).map(([id, [o, p]]) => [id, { observations: o, positives: p }]),
+        ),
+      }));
+    const since = history.length ? history[history.length - 1].t : -Infinity;
+    state.learning = history.concat(state.learning.filter((poll) => poll.t > since));
     state.learning.push({
       t: nowMs / 1000,
       actions: Object.fromEntries(
         Object.entries(models.body.actions || {}).map(([id, m]) => [id, { observations: m.observations, positives: m.positives }]),
       ),
     });
-    if (state.learning.length > LEARNING_KEEP) state.learning.shift();
+    while (state.learning.length > LEARNING_KEEP) state.learning.shift();
     const upliftEvery = state.uplift && state.uplift.overall ? UPLIFT_MS : UPLIFT_EMPTY_MS;
     if (nowMs - state.upliftAt >= upliftEvery) {
       state.upliftAt = nowMs;

@@ -351,7 +351,7 @@ async def test_one_sample_per_slot_whichever_worker_takes_it_and_the_last_15_min
         assert second["triggers"] == {"pending": 0, "due": 0}
         assert (second["dead_letters"], second["outbox_due"]) == (0, 0)
         assert second["learner_lag"] == {"decisions": 3, "outcomes": 0}
-        assert second["model"] == {"version": "prior", "age_s": None}
+        assert second["model"] == {"version": "prior", "age_s": None, "actions": {}}
         assert set(second["deliveries"]) == {"delivered", "retry", "dead"}
 
         # Past 15 minutes, a sample is no longer served; at most KEEP are kept in Redis.
