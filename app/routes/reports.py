@@ -13,6 +13,7 @@ from app.routes.deps import ServicesDep
 from app.settings import Scope
 from feature_store.evaluation import EvaluationStore
 from models import uplift
+from models.evaluate import iso_s
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"], dependencies=[Depends(require(Scope.ADMIN))])
 
@@ -47,7 +48,7 @@ async def get_uplift(services: ServicesDep, since: From = None, until: To = None
     since_ms, until_ms = uplift.default_range(_ms(since), _ms(until), now_ms)
     if since_ms >= until_ms:
         raise InvalidInput(
-            f"'from' ({uplift.iso(since_ms)}) must be before 'to' ({uplift.iso(until_ms)})",
+            f"'from' ({iso_s(since_ms)}) must be before 'to' ({iso_s(until_ms)})",
             fields=[{"field": "query.from", "problem": "must be before to"}],
         )
     store = EvaluationStore.of(services.store)
