@@ -29,6 +29,7 @@ class ServiceNotReady(RuntimeError):
 class Service:
     base_url: str
     redis_url: str  # the embedded Redis, for reading what the service wrote
+    pid: int  # of ``nba serve``
 
 
 @contextmanager
@@ -37,10 +38,15 @@ def running_service(
 ) -> Iterator[Service]:
     """Yield a ready service started with ``nba serve ARGS``.
 
-    The service sees the caller's environment without its ``NBA_*`` variables, plus ``env`` (e.g.
+    The service sees the caller's environment without its ``NBA_*`` variables and
+    ``PROMETHEUS_MULTIPROC_DIR``, plus ``env`` (e.g.
     ``{"NBA_LEARNER_PUBLISH_S": "0.2"}``)."""
     port = free_port()
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")} | dict(env or {})
+    # Its own settings and its own metrics folder, whatever the caller's environment holds.
+    inherited = {
+        k: v for k, v in os.environ.items() if not k.startswith(("NBA_", "PROMETHEUS_MULTIPROC_DIR"))
+    }
+    child_env = inherited | dict(env or {})
     data_dir = Path(tempfile.mkdtemp(prefix="nba-local-"))
     command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)]
     with (data_dir / "service.log").open("wb") as output:
@@ -58,7 +64,7 @@ def running_service(
                 log = (data_dir / "service.log").read_text(errors="replace")[-2000:]
                 raise ServiceNotReady(f"the service did not become ready:\n{log}")
             time.sleep(0.1)
-        yield Service(base, f"unix://{data_dir}/redis.sock")
+        yield Service(base, f"unix://{data_dir}/redis.sock", server.pid)
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGINT)

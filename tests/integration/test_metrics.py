@@ -7,15 +7,10 @@ either one counts every decision both made.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +24,7 @@ from app import dashboard_data, metrics
 from app.delivery import DeliveryWorker
 from feature_store import keys as store_keys
 from feature_store.embedded import free_port
+from models.local_service import running_service
 from tests.conftest import AppFactory, Clock
 from tests.integration.test_delivery import SECRET, Receiver
 from tests.integration.test_triggers import MINUTE, cart_add, catalogue, consent, send, service
@@ -454,40 +450,6 @@ def _decisions_per_process(folder: Path) -> dict[str, float]:
     return out
 
 
-@contextmanager
-def serving_two_workers(data_dir: Path, port: int) -> Iterator[subprocess.Popen[str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NBA_", "PROMETHEUS_"))}
-    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)]
-    process = subprocess.Popen(
-        [*command, "--workers", "2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "nba serve exited"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail("nba serve did not become ready within 60 s")
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 def _decide(base: str, i: int) -> Mapping[str, Any]:
     # A client per call: a new connection each time, so that either worker may accept it.
     body = {"customer_id": f"c-{i}", "placement": "web.home", "event": {"type": "page_view"}}
@@ -499,12 +461,11 @@ def _decide(base: str, i: int) -> Mapping[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads the workers from /proc (Linux)")
-def test_with_two_workers_a_scrape_of_either_counts_every_decision(tmp_path: Path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+def test_with_two_workers_a_scrape_of_either_counts_every_decision() -> None:
     answers: list[Mapping[str, Any]] = []
-    with serving_two_workers(tmp_path / "data", port) as process:
-        folder = _multiproc_dir(process.pid)
+    with running_service("--workers", "2") as service:
+        base = service.base_url
+        folder = _multiproc_dir(service.pid)
         assert folder is not None, "nba serve gives its workers a metrics folder"
         assert folder.is_dir()
         with ThreadPoolExecutor(max_workers=16) as pool:
