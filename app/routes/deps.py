@@ -7,7 +7,8 @@ from fastapi import Depends, Request
 from app.services import Services
 
 
-def _services(request: Request) -> Services:
+async def _services(request: Request) -> Services:
+    # async: a plain function would be run in the thread pool, a thread hand-off on every request.
     services: Services = request.state.services
     return services
 
