@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -49,6 +50,35 @@ class _Context(dict[str, Any]):
         return None
 
 
+# A rule's ``profile.<feature>`` and ``context.<key>`` are rewritten, once when it is compiled, into a
+# name of their own (``profile.cart_value``), looked up directly in the profile or the context. Left as
+# attributes, every read would first evaluate ``profile`` itself, and simpleeval checks every value it
+# evaluates for forbidden contents, walking the whole profile each time: measured at about 350 µs of a
+# decision (docs/performance.md).
+_PROFILE_PREFIX: Final = "profile."
+_CONTEXT_PREFIX: Final = "context."
+
+
+class _Names:
+    """What a rule's names read: one profile and one context. simpleeval indexes it by name."""
+
+    __slots__ = ("_context", "_profile")
+
+    def __init__(self, profile: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+        self._profile, self._context = profile, context
+
+    def __getitem__(self, name: str) -> Any:
+        if name.startswith(_PROFILE_PREFIX):
+            return self._profile[name[len(_PROFILE_PREFIX) :]]
+        if name.startswith(_CONTEXT_PREFIX):
+            return self._context.get(name[len(_CONTEXT_PREFIX) :])
+        if name == "context":  # context.get(...), context[<expression>]
+            return _Context(self._context)
+        if name == "profile":  # not left by the rewrite; kept so that a hand-built tree still reads
+            return self._profile
+        raise KeyError(name)
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     source: str
@@ -59,19 +89,31 @@ class Rule:
         return RuleScope(profile, context).holds(self)
 
 
-class RuleScope:
-    """One profile and one context, against which many rules are evaluated (one per decision: building
-    the evaluator costs more than evaluating a rule)."""
+class _Evaluators(threading.local):
+    """One evaluator per thread, reused by every decision: building one costs more than a rule
+    (about 50 µs). A rule is evaluated without awaiting, so a thread's decisions never interleave."""
 
-    __slots__ = ("_evaluator",)
+    def __init__(self) -> None:
+        self.evaluator = EvalWithCompoundTypes()
+
+
+_evaluators = _Evaluators()
+
+
+class RuleScope:
+    """One profile and one context, against which many rules are evaluated (one per decision)."""
+
+    __slots__ = ("_names",)
 
     def __init__(self, profile: Mapping[str, Any], context: Mapping[str, Any]) -> None:
-        self._evaluator = EvalWithCompoundTypes(names={"profile": profile, "context": _Context(context)})
+        self._names = _Names(profile, context)
 
     def holds(self, rule: Rule) -> bool:
         """Whether ``rule`` holds. Raises :class:`RuleEvaluationError` when it cannot be evaluated."""
+        evaluator = _evaluators.evaluator
+        evaluator.names = self._names
         try:
-            return bool(self._evaluator.eval(rule.source, previously_parsed=rule.tree))
+            return bool(evaluator.eval(rule.source, previously_parsed=rule.tree))
         except (
             InvalidExpression,
             TypeError,
@@ -131,7 +173,7 @@ def compile_rule(source: str, features: Collection[str]) -> Rule:
     called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     for node in ast.walk(tree):
         _check_node(node, features, called)
-    return Rule(source, tree)
+    return Rule(source, _Direct(called).visit(tree))
 
 
 def _check_node(node: ast.AST, features: Collection[str], called: set[int]) -> None:
@@ -163,6 +205,32 @@ def _check_node(node: ast.AST, features: Collection[str], called: set[int]) -> N
         if not (isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)):
             raise RuleError("profile is read by name: write profile.<feature>")
         _check_feature(node.slice.value, features)
+
+
+class _Direct(ast.NodeTransformer):
+    """Rewrites ``profile.x``, ``profile["x"]``, ``context.k`` and ``context["k"]`` (a checked tree)
+    into names read directly (see :class:`_Names`). ``context.get(...)`` stays a method call."""
+
+    def __init__(self, called: set[int]) -> None:
+        self._called = called
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        if isinstance(node.value, ast.Name) and id(node) not in self._called:
+            return _direct(node, node.value.id, node.attr)
+        return self.generic_visit(node)
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        if (
+            isinstance(node.value, ast.Name)
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.slice.value, str)
+        ):
+            return _direct(node, node.value.id, node.slice.value)
+        return self.generic_visit(node)
+
+
+def _direct(node: ast.expr, base: str, key: str) -> ast.expr:
+    return ast.copy_location(ast.Name(id=f"{base}.{key}", ctx=ast.Load()), node)
 
 
 def _check_feature(name: str, features: Collection[str]) -> None:
