@@ -22,6 +22,7 @@ logged (never returned), so that uplift is measured against what control would h
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -234,9 +235,7 @@ def decide(
     applicable = catalogue.by_placement.get(placement, ())
     rules = RuleScope(situation.features, situation.context)
     propensity_of = scorer.for_situation(situation.features, situation.context, placement, situation.now_ms)
-    for action in catalogue.actions.values():
-        if placement not in action.spec.placements:
-            verdicts[action.id] = Verdict(action.id, "ineligible", f"not offered on {placement}")
+    verdicts.update(_not_offered(catalogue, placement))
     for action in applicable:
         a = action.spec
         try:
@@ -306,6 +305,29 @@ def decide(
         assigned_holdouts=assigned_holdouts,
         model_version=scorer.version,
     )
+
+
+def _not_offered(catalogue: Catalogue, placement: str) -> Mapping[str, Verdict]:
+    """The verdicts of the actions not offered on ``placement``: the same for every decision there, so
+    made once per catalogue (the live one; a reload replaces them)."""
+    if _NOT_OFFERED.catalogue is not catalogue:
+        _NOT_OFFERED.catalogue, _NOT_OFFERED.verdicts = catalogue, {}
+    found = _NOT_OFFERED.verdicts.get(placement)
+    if found is None:
+        found = _NOT_OFFERED.verdicts[placement] = {
+            a.id: Verdict(a.id, "ineligible", f"not offered on {placement}")
+            for a in catalogue.actions.values()
+            if placement not in a.spec.placements
+        }
+    return found
+
+
+class _NotOffered(threading.local):
+    catalogue: Catalogue | None = None
+    verdicts: dict[str, dict[str, Verdict]]
+
+
+_NOT_OFFERED = _NotOffered()
 
 
 def fallback(catalogue: Catalogue, placement: str, *, limit: int | None = None) -> tuple[Choice, ...]:
