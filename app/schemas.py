@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from feature_store import Profile
-from feature_store.events import effect
+from feature_store.events import TYPES_WITH_EFFECTS, effect
 from feature_store.profile import WINDOWS, iso
 
 MAX_BATCH = 1000
@@ -114,7 +114,7 @@ class EventFields(_Strict):
     @classmethod
     def _fits_type(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         event_type = info.data.get("type")
-        if event_type is not None:
+        if event_type in TYPES_WITH_EFFECTS:  # the others read no property
             effect(event_type, value)
         return value
 

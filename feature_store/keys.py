@@ -98,7 +98,8 @@ Operations dashboard data (monitoring.py, docs/metrics.md), under the hash tag `
 
 ``{c:ID}`` is a known customer (``customer_id``), ``{a:ID}`` an anonymous visitor (``anonymous_id``):
 the two id spaces never collide. "Inactivity" is ``NBA_PROFILE_TTL_DAYS`` (400 days by default),
-renewed on every write.
+renewed by writes: by an applied event, for every key of the profile at most once a minute, and for the
+keys it creates at once (apply.lua).
 
 Ids are free text, so ``{``, ``}`` and ``%`` are percent-encoded before they go into a key: an id can
 neither break the hash tag nor make two customers' keys meet.
@@ -184,14 +185,16 @@ class ProfileKeys:
 
     def script_keys(self) -> list[str]:
         """KEYS for one customer in ``apply.lua``: the data keys, then the alias pointer."""
-        return [*self.data_keys(), self.alias]
+        tag = self.tag  # built once: this runs for every profile of every batch of events
+        return [tag + suffix for suffix in _SCRIPT_SUFFIXES]
 
     def data_keys(self) -> list[str]:
         """Everything that holds this profile's data (not the alias pointer)."""
-        return [
-            self.profile, self.windows, self.cart, self.recent, self.dedupe, self.aliases, self.contacts,
-            self.purchases,
-        ]  # fmt: skip
+        return self.script_keys()[:-1]
+
+
+# The suffixes of the properties above, in script_keys() order (tests/unit/test_keys.py holds them equal).
+_SCRIPT_SUFFIXES: Final = (":p", ":w", ":cart", ":r", ":d", ":s", ":k", ":pu", ":alias")
 
 
 KEYS_PER_PROFILE: Final = 9

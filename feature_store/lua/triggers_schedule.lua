@@ -17,13 +17,15 @@ redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", "(" .. ARGV[1])
 for i = 2, #ARGV, 4 do
   local kind, member = ARGV[i], ARGV[i + 1]
   local at, delay = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  local current = tonumber(redis.call("ZSCORE", KEYS[1], member))
   if kind == "s" then
     local cancelled = tonumber(redis.call("ZSCORE", KEYS[2], member))
-    if (not cancelled or at > cancelled) and (not current or at + delay > current) then
-      redis.call("ZADD", KEYS[1], at + delay, member)
+    if not cancelled or at > cancelled then
+      -- GT: a pending instance due later stays as it is (a start runs for every page view of winback's,
+      -- so it is worth the one call fewer than reading the due time first).
+      redis.call("ZADD", KEYS[1], "GT", string.format("%d", at + delay), member)
     end
   else
+    local current = tonumber(redis.call("ZSCORE", KEYS[1], member))
     if current and at >= current - delay then
       redis.call("ZREM", KEYS[1], member)
     end

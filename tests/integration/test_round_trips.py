@@ -8,10 +8,12 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import httpx
 import pytest
 import redis
 from redis.asyncio.connection import Connection
+from redis.crc import key_slot
 
 from feature_store import Event, IdKind, ProfileStore
 from feature_store.keys import TRIGGERS_DUE
@@ -61,6 +63,36 @@ async def test_a_batch_of_1000_events_for_300_customers_is_one_round_trip(
     profile = await store.profile("c-7")
     assert profile is not None
     assert profile.counts["page_view"].total == len([i for i in range(1000) if i % 300 == 7])
+
+
+async def test_each_script_call_touches_one_profile_so_one_cluster_slot(
+    store: ProfileStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch for many customers is one write, holding one script call per profile (and per 100 events
+    of a profile), whose keys all share the profile's hash tag: what Redis Cluster requires."""
+    sent: list[bytes] = []
+    send = Connection.send_packed_command
+
+    async def captured(self: Connection, command: Any, check_health: bool = True) -> None:
+        sent.append(b"".join(command) if isinstance(command, list) else command)
+        await send(self, command, check_health)
+
+    await store.ping()
+    monkeypatch.setattr(Connection, "send_packed_command", captured)
+    batch = [page_view(clock, f"c-{i % 30}", event_id=f"e-{i}") for i in range(300)]
+    batch += [Event("page_view", int(clock.now * 1000), anonymous_id=f"v-{i}") for i in range(5)]
+    batch += [page_view(clock, "c-busy", event_id=f"b-{i}") for i in range(250)]
+    assert (await store.ingest(batch)).accepted == len(batch)
+    [request] = sent
+    reader = hiredis.Reader()
+    reader.feed(request)
+    scripts = []
+    while (command := reader.gets()) is not False:
+        if command[0] == b"EVALSHA":
+            scripts.append(command[3 : 3 + int(command[2])])
+    assert len(scripts) == 30 + 5 + 3
+    for script_keys in scripts:
+        assert len({key_slot(key) for key in script_keys}) == 1, script_keys
 
 
 async def test_reading_a_profile_is_one_round_trip(store: ProfileStore, clock: Clock, wire: Wire) -> None:

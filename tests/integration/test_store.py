@@ -161,6 +161,32 @@ async def test_event_ids_dedupe_within_the_window_and_not_after(
         await store.aclose()
 
 
+async def test_an_event_id_older_than_the_window_is_new_before_it_is_pruned(
+    store: ProfileStore, clock: Clock
+) -> None:
+    """Seen ids are pruned at most once a minute, so one past the window may still be stored: it counts as
+    new all the same."""
+    await store.ingest([ev(clock, "page_view", event_id="e-1")])
+    clock.advance(23 * HOUR)
+    assert (await store.ingest([ev(clock, "page_view", event_id="e-1")])).duplicates == 1
+    clock.advance(2 * HOUR)
+    again = await store.ingest([ev(clock, "page_view", event_id="e-1") for _ in range(2)])
+    assert (again.accepted, again.duplicates) == (1, 1)
+    assert (await counts(store, "page_view"))["total"] == 2
+
+
+async def test_events_are_applied_once_after_redis_lost_its_scripts(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    """A restarted Redis has no scripts: every call of the batch answers NOSCRIPT (and ran nothing), the
+    store loads the script and sends them again."""
+    await store.ingest([ev(clock, "page_view")])
+    raw_redis.script_flush()
+    result = await store.ingest([ev(clock, "page_view", customer_id=f"c-{i}") for i in range(1, 4)])
+    assert (result.accepted, result.duplicates) == (3, 0)
+    assert (await counts(store, "page_view"))["total"] == 2
+
+
 async def test_a_repeated_order_id_is_one_order(store: ProfileStore, clock: Clock) -> None:
     result = await store.ingest(
         [
@@ -194,6 +220,38 @@ async def test_every_key_expires_after_the_inactivity_period(
             assert ttl_ms - 60_000 < ttl <= ttl_ms, (key, ttl)
     finally:
         await store.aclose()
+
+
+async def test_keys_first_written_between_two_renewals_expire_too(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    """The expiry of every key is renewed at most once a minute per profile; a key first written in
+    between (here all but the profile and its recent events) gets its expiry when it is written."""
+    clock.now = (clock.now // MINUTE + 1) * MINUTE  # the start of a minute: the next calls stay in it
+    await store.ingest([ev(clock, "page_view", 40 * DAY)])  # older than every window: no bucket
+    clock.advance(5)
+    await store.ingest(
+        [
+            ev(clock, "page_view", event_id="e-1"),
+            ev(clock, "add_to_cart", props={"item_id": "a", "price": 2.0}),
+            ev(clock, "purchase", props={"item_ids": ["b"], "order_id": "o-1"}),
+        ]
+    )
+    ttl_ms = StoreConfig().profile_ttl_ms
+    written = raw_redis.keys("nba:{c:c-1}:*")
+    assert sorted(written) == sorted(k.customer("c-1").data_keys()[i] for i in (0, 1, 2, 3, 4, 7))
+    for key in written:
+        assert ttl_ms - 60_000 < raw_redis.pttl(key) <= ttl_ms, key
+
+
+async def test_a_batch_of_many_attributes_for_one_profile_applies(store: ProfileStore, clock: Clock) -> None:
+    """More profile fields than one Lua call can take as arguments (unpack() stops at a few thousand)."""
+    events = [ev(clock, "attributes", props={f"a{i}_{j}": j for j in range(64)}) for i in range(150)]
+    assert (await store.ingest(events)).accepted == 150
+    profile = await store.profile("c-1")
+    assert profile is not None
+    assert len(profile.attributes) == 150 * 64
+    assert profile.attributes["a149_63"] == 63
 
 
 async def test_linking_merges_the_visitor_and_later_events_land_on_the_customer(

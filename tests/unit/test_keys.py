@@ -27,3 +27,14 @@ def test_ids_cannot_collide_across_customers_or_id_spaces() -> None:
 
 def test_braces_are_escaped_so_the_tag_is_the_whole_id() -> None:
     assert keys.customer("a}b").profile == "nba:{c:a%7Db}:p"
+
+
+def test_script_keys_are_the_named_keys_in_the_order_the_scripts_read_them() -> None:
+    """apply.lua and link.lua read KEYS by position: p, w, cart, r, d, s, k, pu, alias."""
+    for profile_keys in (keys.customer("c-1"), keys.anonymous("we{ird}")):
+        assert profile_keys.script_keys() == [
+            profile_keys.profile, profile_keys.windows, profile_keys.cart, profile_keys.recent,
+            profile_keys.dedupe, profile_keys.aliases, profile_keys.contacts, profile_keys.purchases,
+            profile_keys.alias,
+        ]  # fmt: skip
+        assert profile_keys.data_keys() == profile_keys.script_keys()[:-1]
