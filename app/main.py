@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -137,7 +138,12 @@ def create_app(
                     background.create_task(firing.run(stop_delivering, settings.trigger_poll_s))
                     # The dashboard's samples (app/dashboard_data.py): one worker writes each 10-s one.
                     background.create_task(dashboard_data.Sampler(services).run(stop_delivering))
+                # What start-up built (the catalogue, the models, imports) lives as long as the process:
+                # out of the collector's sight, full collections stop scanning it on every pass.
+                gc.collect()
+                gc.freeze()
                 yield {"services": services, "models_followed": watch}
+                gc.unfreeze()  # back in sight: in a process that builds the app again (tests), it can go
                 stop_delivering.set()  # the attempts in flight finish (within their timeout), none start
                 for watcher in watchers:
                     watcher.cancel()
