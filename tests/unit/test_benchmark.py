@@ -1,0 +1,208 @@
+"""The benchmark's pure parts (load_tests/benchmark.py): reading wrk's figures, judging a run, the rate
+search, the JSON's shape. No wrk, no server, no timing."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from load_tests.benchmark import (
+    DECIDE,
+    EVENTS,
+    FLOOR,
+    WRK_SCRIPT,
+    BenchmarkError,
+    WrkRun,
+    bisect,
+    bracket,
+    flags,
+    highest_under_budget,
+    hopeless,
+    paced_connections,
+    parse_wrk,
+    point,
+    problems,
+    ratios,
+    targets,
+)
+
+WRK_STDOUT = """Running 8s test @ http://127.0.0.1:40000
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.20ms    0.80ms  12.00ms   90.00%
+  8000 requests in 8.00s, 1.50MB read
+Requests/sec:   1000.00
+wrk-json: {"requests":8000,"duration_s":8.000000,"bytes":1572864,\
+"errors":{"connect":0,"read":0,"write":0,"status":0,"timeout":0},"non_2xx":0,"statuses":{},"fallbacks":0,"incomplete":0,\
+"latency_ms":{"p50":1.100,"p90":2.000,"p95":2.500,"p99":4.000,"max":12.000,"mean":1.200},\
+"lag_ms":{"sends":8000,"p50":0.0,"p99":0.9,"max":1.500,"late_1ms":12,"late_5ms":0}}
+"""
+
+
+def wrk_run(**changes: Any) -> WrkRun:
+    return replace(parse_wrk(WRK_STDOUT), **changes)
+
+
+def paced(target: float, *, p99: float = 4.0, sustained: bool = True, p50: float = 1.0) -> dict[str, Any]:
+    """A paced run as point() records it, at ``target`` per second."""
+    run = wrk_run(
+        requests=int(target * 8 * (1.0 if sustained else 0.5)),
+        latency_ms={"p50": p50, "p90": p99, "p95": p99, "p99": p99, "max": p99 + 1, "mean": p50},
+    )
+    return point(run, DECIDE, target, 0.0, "ladder")
+
+
+def test_parse_wrk_reads_the_line_paced_lua_prints() -> None:
+    run = parse_wrk(WRK_STDOUT)
+    assert run.requests == 8000
+    assert run.rate == pytest.approx(1000.0)
+    assert run.latency_ms["p99"] == 4.0
+    assert run.lag_ms["late_1ms"] == 12
+    assert run.socket_errors == 0
+
+
+def test_parse_wrk_without_figures_is_an_error() -> None:
+    with pytest.raises(BenchmarkError, match="no figures"):
+        parse_wrk("Running 8s test @ http://127.0.0.1:40000\nunable to connect to 127.0.0.1:40000\n")
+
+
+def test_paced_lua_prints_every_figure_parse_wrk_reads() -> None:
+    printed = set(re.findall(r'"(\w+)":', WRK_SCRIPT.read_text()))
+    assert set(json.loads(WRK_STDOUT.splitlines()[-1].removeprefix("wrk-json: "))) <= printed
+    for scenario in (FLOOR, DECIDE, EVENTS):
+        assert WRK_SCRIPT.with_name(f"{scenario.name}.lua").is_file()
+
+
+def test_a_clean_run_has_no_problems_and_each_fault_is_named() -> None:
+    assert problems(wrk_run(), None) == []
+    assert problems(wrk_run(), 1000.0) == []
+    assert problems(wrk_run(fallbacks=3), None) == ["3 fallbacks"]
+    assert problems(wrk_run(non_2xx=2), None) == ["2 non-2xx answers"]
+    assert problems(wrk_run(non_2xx=3, statuses={"503": 2, "504": 1}), None) == [
+        "3 non-2xx answers (2 503, 1 504)"
+    ]
+    assert problems(wrk_run(incomplete=1), None) == ["1 batches not wholly accepted"]
+    errors = {"connect": 0, "read": 4, "write": 0, "status": 0, "timeout": 1}
+    assert problems(wrk_run(errors=errors), None) == ["socket errors: connect 0, read 4, write 0, timeout 1"]
+    assert problems(wrk_run(requests=0), None)[0] == "no answers"
+
+
+def test_a_paced_rate_is_sustained_only_if_achieved_and_sent_on_time() -> None:
+    assert problems(wrk_run(), 1030.0) == []  # 1000/s of 1030/s is within 3%
+    assert problems(wrk_run(), 1040.0) == ["achieved 1000.0/s of 1040/s"]
+    late = wrk_run(
+        lag_ms={"sends": 8000, "p50": 0.0, "p99": 7.5, "max": 30.0, "late_1ms": 900, "late_5ms": 200}
+    )
+    assert problems(late, 1000.0) == ["sends fell behind their slots: p99 7.5 ms late"]
+    assert problems(late, None) == []  # a closed loop has no schedule
+    slow = {"p50": 40.0, "p90": 60.0, "p95": 70.0, "p99": 200.0, "max": 300.0, "mean": 45.0}
+    assert problems(replace(late, latency_ms=slow), 1000.0) == []  # 7.5 ms is under 5% of 200 ms
+
+
+def test_point_shapes() -> None:
+    closed = point(wrk_run(fallbacks=2), DECIDE, None, 0.04, "max")
+    assert list(closed) == [
+        "kind", "achieved_per_s", "latency_ms", "requests", "duration_s", "errors", "fallbacks", "clean",
+        "problems", "other_cpu_cores",
+    ]  # fmt: skip
+    assert closed["clean"] is False
+    assert closed["problems"] == ["2 fallbacks"]
+    rate = point(wrk_run(), EVENTS, 1000.0, 0.0, "search")
+    assert list(rate) == [
+        "kind", "target_per_s", "achieved_per_s", "events_per_s", "latency_ms", "requests", "duration_s",
+        "errors", "incomplete", "send_lag_ms", "sustained", "under_budget", "problems", "other_cpu_cores",
+    ]  # fmt: skip
+    assert rate["events_per_s"] == 500_000
+    assert list(rate["latency_ms"]) == ["p50", "p95", "p99", "max"]
+    assert rate["sustained"] is True
+    assert rate["under_budget"] is True
+    assert "fallbacks" not in point(wrk_run(), FLOOR, 1000.0, 0.0, "ladder")
+    assert json.loads(json.dumps(rate)) == rate
+
+
+def test_over_budget_is_sustained_but_does_not_pass() -> None:
+    slow = paced(500, p99=12.0)
+    assert slow["sustained"] is True
+    assert slow["under_budget"] is False
+
+
+def test_the_bracket_is_below_the_first_failure() -> None:
+    ladder = [
+        paced(100),
+        paced(250),
+        paced(400),
+        paced(500, p99=11.0),
+        paced(600),
+        paced(750, sustained=False),
+    ]
+    assert bracket(ladder, 1000.0) == (400.0, 500.0)
+    assert bracket([paced(100), paced(250)], 1000.0) == (250.0, 1000.0)
+    assert bracket([paced(100, p99=20.0), paced(250)], 1000.0) == (0.0, 100.0)
+
+
+def test_bisection_converges_on_the_highest_passing_rate() -> None:
+    threshold = 737.0
+    seen: list[float] = []
+
+    def measure(rate: float) -> dict[str, Any]:
+        seen.append(rate)
+        return paced(rate, p99=5.0 if rate <= threshold else 15.0)
+
+    best, tried = bisect(measure, 500.0, 1000.0, 6)
+    assert len(tried) == len(seen) <= 6
+    assert all(500 < rate < 1000 for rate in seen)
+    assert best <= threshold < best + 500 / 2 ** len(tried) + 1
+    assert highest_under_budget(tried, best) is not None
+    assert highest_under_budget(tried, 0.0) is None
+
+
+def test_bisection_stops_when_the_bracket_is_narrow() -> None:
+    best, tried = bisect(lambda rate: paced(rate), 990.0, 1000.0, 4)
+    assert (best, tried) == (990.0, [])
+
+
+def scenario_figures(max_rate: float, *, clean: bool = True) -> dict[str, Any]:
+    best = point(wrk_run(requests=int(max_rate * 8), fallbacks=0 if clean else 5), DECIDE, None, 0.0, "max")
+    ladder = [paced(round(share * best["achieved_per_s"])) for share in (0.25, 0.5)]
+    return {"max_throughput": best, "paced": ladder, "highest_rate_under_budget": ladder[-1]}
+
+
+def test_ratios_targets_and_flags() -> None:
+    one = {"floor": scenario_figures(4000), "decide": scenario_figures(2500, clean=False)}
+    one["events"] = {"error": "BenchmarkError: events: 503"}
+    one["ratios"] = ratios(one)
+    assert one["ratios"] == {"decide_over_floor": 0.625, "events_per_s": None}
+    met = targets(one)
+    assert met["decide_over_floor_at_least_0.5"] == {"value": 0.625, "met": True}
+    assert met["decide_p99_under_10ms_at_half_its_max"]["rate_per_s"] == 1250
+    assert met["decide_p99_under_10ms_at_half_its_max"]["met"] is True
+    assert met["events_at_least_20000_per_s"]["met"] is False
+    found = flags({"1": one})
+    assert found == [
+        "1 worker(s), decide, max throughput: 5 fallbacks",
+        "1 worker(s), events: failed: BenchmarkError: events: 503",
+    ]
+
+
+def test_a_pass_above_a_failure_is_flagged() -> None:
+    figures = scenario_figures(4000)
+    figures["paced"] = [paced(1000), paced(2000, p99=30.0), paced(3000)]
+    assert flags({"1": {"decide": figures}}) == [
+        "1 worker(s), decide: 2000/s failed but 3000/s passed (noise?); "
+        "the search stayed below the first failure"
+    ]
+
+
+def test_paced_runs_use_fewer_connections_at_low_rates() -> None:
+    assert [paced_connections(rate) for rate in (0.1, 1.2, 9.1, 31.5, 32, 500)] == [1, 3, 19, 63, 64, 64]
+
+
+def test_no_search_when_even_the_median_at_the_lowest_rate_is_over_budget() -> None:
+    assert hopeless([paced(100), paced(250, p99=20.0)]) is None
+    assert hopeless([paced(1.2, p50=60.0, p99=90.0), paced(3.0, p50=70.0, p99=140.0)]) == (
+        "the median at the lowest rate, 1.2/s, is 60 ms: over 10 ms, which no lower rate brings the p99 under"
+    )
