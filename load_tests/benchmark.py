@@ -59,7 +59,6 @@ import os
 import platform
 import re
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -73,7 +72,7 @@ import httpx
 
 from feature_store.embedded import find_redis_server, free_port
 from load_tests.bench_memory import measure as measure_memory
-from load_tests.service import running_service
+from load_tests.service import running_service, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 WRK = "wrk"
@@ -459,13 +458,7 @@ def running_floor(workers: int, ready_within_s: float = 30.0) -> Iterator[Server
             time.sleep(0.1)
         yield Server(base, process.pid)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
         if process.stderr is not None:
             process.stderr.close()
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from models.local_service import Service, ServiceNotReady, running_service
+from models.local_service import Service, ServiceNotReady, running_service, stop
 
-__all__ = ["Service", "ServiceNotReady", "percentile", "running_service"]
+__all__ = ["Service", "ServiceNotReady", "percentile", "running_service", "stop"]
 
 
 def percentile(values: list[float], q: float) -> float:

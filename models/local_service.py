@@ -32,6 +32,17 @@ class Service:
     pid: int  # of ``nba serve``
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server started here as Ctrl-C would (SIGINT: it shuts down cleanly), killed after 15 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @contextmanager
 def running_service(
     *args: str, env: Mapping[str, str] | None = None, ready_within_s: float = 30.0
@@ -66,11 +77,5 @@ def running_service(
             time.sleep(0.1)
         yield Service(base, f"unix://{data_dir}/redis.sock", server.pid)
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        stop(server)
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from feature_store.embedded import free_port
+from models.local_service import stop
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +46,7 @@ def serving(data_dir: Path, port: int) -> Iterator[subprocess.Popen[str]]:
             pytest.fail("nba serve did not become ready within 30 s")
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
 
 
 def redis_running_in(data_dir: Path) -> bool:
