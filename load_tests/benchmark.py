@@ -641,14 +641,17 @@ def run_workers(
 
 
 def ratios(by_scenario: Mapping[str, Any]) -> dict[str, Any]:
-    def max_rate(name: str) -> float | None:
-        figures = by_scenario.get(name, {})
-        return None if "max_throughput" not in figures else float(figures["max_throughput"]["achieved_per_s"])
+    """Decide's maximum throughput over the floor's, and the events per second at the maximum."""
 
-    floor, decide, events = max_rate("floor"), max_rate("decide"), max_rate("events")
+    def best(name: str, key: str) -> float | None:
+        figures = by_scenario.get(name, {})
+        return None if "max_throughput" not in figures else float(figures["max_throughput"][key])
+
+    floor, decide = best("floor", "achieved_per_s"), best("decide", "achieved_per_s")
+    events = best("events", "events_per_s")
     return {
         "decide_over_floor": None if not floor or decide is None else round(decide / floor, 3),
-        "events_per_s": None if events is None else round(events * EVENTS.batch),
+        "events_per_s": None if events is None else round(events),
     }
 
 

@@ -173,6 +173,10 @@ def scenario_figures(max_rate: float, *, clean: bool = True) -> dict[str, Any]:
 
 def test_ratios_targets_and_flags() -> None:
     one = {"floor": scenario_figures(4000), "decide": scenario_figures(2500, clean=False)}
+    assert ratios({**one, "events": {"max_throughput": point(wrk_run(), EVENTS, None, 0.0, "max")}}) == {
+        "decide_over_floor": 0.625,
+        "events_per_s": 500_000,
+    }
     one["events"] = {"error": "BenchmarkError: events: 503"}
     one["ratios"] = ratios(one)
     assert one["ratios"] == {"decide_over_floor": 0.625, "events_per_s": None}
