@@ -197,7 +197,7 @@ class ProfileKeys:
 _SCRIPT_SUFFIXES: Final = (":p", ":w", ":cart", ":r", ":d", ":s", ":k", ":pu", ":alias")
 
 
-KEYS_PER_PROFILE: Final = 9
+KEYS_PER_PROFILE: Final = len(_SCRIPT_SUFFIXES)
 # The learner's keys share the hash tag {l}, so that it can move them together in one transaction.
 DECISION_LOG: Final = f"{PREFIX}:{{l}}:decisions"
 OUTCOME_LOG: Final = f"{PREFIX}:{{l}}:outcomes"

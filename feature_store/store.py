@@ -190,27 +190,13 @@ def _raw(
     )
 
 
-@dataclass(slots=True)
-class _Call:
-    """Events to apply: ``batches[i]`` to the profile ``targets[i]``, each pair in one script call."""
-
-    targets: list[ProfileKeys]
-    batches: list[list[Event]]
-
-
-def _chunks(groups: dict[ProfileKeys, list[Event]]) -> list[_Call]:
+def _chunks(groups: dict[ProfileKeys, list[Event]]) -> list[tuple[ProfileKeys, list[Event]]]:
     """Every profile's events, in scripts of up to ``CHUNK_EVENTS`` events (a long script holds Redis up)."""
-    targets: list[ProfileKeys] = []
-    batches: list[list[Event]] = []
-    for profile_keys, events in groups.items():
-        if len(events) <= CHUNK_EVENTS:
-            targets.append(profile_keys)
-            batches.append(events)
-            continue
-        for start in range(0, len(events), CHUNK_EVENTS):
-            targets.append(profile_keys)
-            batches.append(events[start : start + CHUNK_EVENTS])
-    return [_Call(targets, batches)]
+    return [
+        (profile_keys, events[start : start + CHUNK_EVENTS])
+        for profile_keys, events in groups.items()
+        for start in range(0, len(events), CHUNK_EVENTS)
+    ]
 
 
 @asynccontextmanager
@@ -328,12 +314,10 @@ class ProfileStore:
     async def _apply_and_read(
         self, profile_keys: ProfileKeys, events: Sequence[Event], trigger_ops: Sequence[TriggerOp] = ()
     ) -> Read:
-        groups = {profile_keys: list(events)}
-        call = [_Call([profile_keys], [list(events)])]
-        [(_, result)] = await self._apply(call, read=True, trigger_ops=trigger_ops)
+        [(_, result)] = await self._apply([(profile_keys, events)], read=True, trigger_ops=trigger_ops)
         if result[0] == "redirect":
             profile_keys = keys.customer(result[1])
-            [(_, result)] = await self._apply([_Call([profile_keys], list(groups.values()))], read=True)
+            [(_, result)] = await self._apply([(profile_keys, events)], read=True)
         raw = _raw(*result[3:7], aliases=frozenset(result[7]), contacts=_scored(result[8]))
         kind_name = "customer" if profile_keys.kind is IdKind.CUSTOMER else "anonymous"
         profile = None
@@ -574,7 +558,11 @@ class ProfileStore:
             await pool.release(connection)
 
     async def _apply(
-        self, calls: list[_Call], *, read: bool, trigger_ops: Sequence[TriggerOp] = ()
+        self,
+        calls: Sequence[tuple[ProfileKeys, Sequence[Event]]],
+        *,
+        read: bool,
+        trigger_ops: Sequence[TriggerOp] = (),
     ) -> list[tuple[ProfileKeys, Any]]:
         """Run ``apply.lua`` for every call in one pipelined round trip; re-send on NOSCRIPT. The trigger
         ops go in the same round trip, once (repeating them would change nothing)."""
@@ -585,16 +573,13 @@ class ProfileStore:
         head = [str(now_ms), str(config.profile_ttl_ms), str(config.dedupe_window_ms), "1" if read else "0"]
         head.append(str(config.contacts_ms))
         # One script call per profile: each touches one hash tag, so one Redis Cluster slot.
-        targets: list[ProfileKeys] = []
         packed: list[list[str]] = []
-        for call in calls:
-            for profile_keys, batch in zip(call.targets, call.batches, strict=True):
-                keys_and_args = profile_keys.script_keys()
-                keys_and_args += head
-                for event in batch:
-                    keys_and_args += script_args(event)
-                targets.append(profile_keys)
-                packed.append(keys_and_args)
+        for profile_keys, batch in calls:
+            keys_and_args = profile_keys.script_keys()
+            keys_and_args += head
+            for event in batch:
+                keys_and_args += script_args(event)
+            packed.append(keys_and_args)
         results: list[Any] = [None] * len(packed)
         pending = list(range(len(packed)))
         async with translated():
@@ -626,4 +611,4 @@ class ProfileStore:
                 pending = missing
             else:
                 raise StoreUnavailable("the profile store keeps losing its scripts")
-        return list(zip(targets, results, strict=True))
+        return [(profile_keys, result) for (profile_keys, _), result in zip(calls, results, strict=True)]
