@@ -281,12 +281,13 @@ class ProfileStore:
             groups.setdefault(target(event), []).append(event)
         accepted = duplicates = 0
         for attempt in range(2):
-            results = await self._apply(_chunks(groups), read=False, trigger_ops=trigger_ops)
+            chunks = _chunks(groups)
+            results = await self._apply(chunks, read=False, trigger_ops=trigger_ops)
             trigger_ops = ()  # applied; a redirected event is an anonymous one, which starts none
             redirected: dict[ProfileKeys, list[Event]] = {}
-            for profile_keys, result in results:
-                if result[0] == "redirect":
-                    redirected.setdefault(keys.customer(result[1]), []).extend(groups[profile_keys])
+            for (_, chunk), (_, result) in zip(chunks, results, strict=True):
+                if result[0] == "redirect":  # nothing of this chunk was applied: it goes to the customer
+                    redirected.setdefault(keys.customer(result[1]), []).extend(chunk)
                 else:
                     accepted += int(result[1])
                     duplicates += int(result[2])

@@ -7,6 +7,7 @@ import redis
 
 from feature_store import Event, IdentityConflict, IdKind, ProfileStore, StoreConfig
 from feature_store import keys as k
+from feature_store.store import CHUNK_EVENTS
 from tests.conftest import Clock
 
 MINUTE = 60.0
@@ -285,6 +286,18 @@ async def test_linking_merges_the_visitor_and_later_events_land_on_the_customer(
     assert (await counts(store, "add_to_cart"))["total"] == 2
     with pytest.raises(IdentityConflict):
         await store.link("v-1", "c-2")
+
+
+async def test_a_long_batch_for_a_linked_visitor_lands_on_the_customer_once(
+    store: ProfileStore, clock: Clock
+) -> None:
+    """More events than one script call takes (CHUNK_EVENTS), without ids: every chunk is redirected, and
+    each event is applied to the customer once."""
+    await store.ingest([ev(clock, "page_view", anonymous_id="v-1", customer_id=None)])
+    assert await store.link("v-1", "c-1") is True
+    batch = [ev(clock, "page_view", anonymous_id="v-1", customer_id=None) for _ in range(CHUNK_EVENTS + 50)]
+    assert (await store.ingest(batch)).accepted == CHUNK_EVENTS + 50
+    assert (await counts(store, "page_view"))["total"] == 1 + CHUNK_EVENTS + 50
 
 
 async def test_an_interrupted_link_completes_on_retry_without_double_counting(
