@@ -33,9 +33,12 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from app.settings import Settings
+
+# How uvicorn serves the API; the benchmark's framework floor (load_tests/floor.py) is served the same way.
+SERVER_OPTIONS: Final[dict[str, Any]] = {"log_level": "warning", "access_log": False, "proxy_headers": True}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -99,9 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
-            log_level="warning",
-            access_log=False,
-            proxy_headers=True,
+            **SERVER_OPTIONS,
         )
     finally:
         if learner is not None:

@@ -4,8 +4,8 @@
 
 One endpoint, ``POST /floor``, validates a small pydantic body shaped like a decision request and
 answers a small JSON. It is served the way ``nba serve`` serves the API (app/cli.py ``_serve``): the
-same ``uvicorn.run`` settings (an app factory, ``log_level="warning"``, ``access_log=False``,
-``proxy_headers=True``, uvicorn's default loop and HTTP implementations) and the same worker count,
+same ``uvicorn.run`` settings (an app factory, ``app.cli.SERVER_OPTIONS``, uvicorn's default loop and
+HTTP implementations) and the same worker count,
 so that what ``POST /v1/decide`` costs beyond it is the service's own work.
 """
 
@@ -16,6 +16,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel
+
+from app.cli import SERVER_OPTIONS
 
 
 class FloorIn(BaseModel):
@@ -55,9 +57,7 @@ def main() -> None:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=True,
+        **SERVER_OPTIONS,
     )
 
 
