@@ -53,8 +53,8 @@ class _Context(dict[str, Any]):
 # A rule's ``profile.<feature>`` and ``context.<key>`` are rewritten, once when it is compiled, into a
 # name of their own (``profile.cart_value``), looked up directly in the profile or the context. Left as
 # attributes, every read would first evaluate ``profile`` itself, and simpleeval checks every value it
-# evaluates for forbidden contents, walking the whole profile each time: measured at about 350 µs of a
-# decision (docs/performance.md).
+# evaluates for forbidden contents, walking the whole profile each time: about 350 µs of a decision
+# under cProfile (docs/performance.md).
 _PROFILE_PREFIX: Final = "profile."
 _CONTEXT_PREFIX: Final = "context."
 
@@ -74,8 +74,6 @@ class _Names:
             return self._context.get(name[len(_CONTEXT_PREFIX) :])
         if name == "context":  # context.get(...), context[<expression>]
             return _Context(self._context)
-        if name == "profile":  # not left by the rewrite; kept so that a hand-built tree still reads
-            return self._profile
         raise KeyError(name)
 
 
@@ -209,13 +207,15 @@ def _check_node(node: ast.AST, features: Collection[str], called: set[int]) -> N
 
 class _Direct(ast.NodeTransformer):
     """Rewrites ``profile.x``, ``profile["x"]``, ``context.k`` and ``context["k"]`` (a checked tree)
-    into names read directly (see :class:`_Names`). ``context.get(...)`` stays a method call."""
+    into names read directly (see :class:`_Names`), so that no rule reads ``profile`` whole.
+    ``context.get(...)`` stays a method call."""
 
     def __init__(self, called: set[int]) -> None:
         self._called = called
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
-        if isinstance(node.value, ast.Name) and id(node) not in self._called:
+        # profile.<feature> always; context.<key> unless called, which is a method of the mapping.
+        if isinstance(node.value, ast.Name) and (node.value.id == "profile" or id(node) not in self._called):
             return _direct(node, node.value.id, node.attr)
         return self.generic_visit(node)
 
