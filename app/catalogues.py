@@ -17,6 +17,7 @@ import structlog
 
 from feature_store import ProfileStore, StoreUnavailable
 from feature_store.features import feature_names
+from models.stopping import pause
 from policies.catalogue import Catalogue, CatalogueInvalid, default_path, load
 
 log = structlog.get_logger("nba.catalogue")
@@ -56,10 +57,9 @@ class Catalogues:
         self._unannounced = False
         return True
 
-    async def watch(self, store: ProfileStore, every_s: float = 1.0) -> None:
-        """Reload when another worker announced a reload. Runs until cancelled."""
-        while True:
-            await asyncio.sleep(every_s)
+    async def watch(self, store: ProfileStore, stop: asyncio.Event, every_s: float = 1.0) -> None:
+        """Reload when another worker announced a reload, until ``stop`` is set."""
+        while not await pause(stop, every_s):
             try:
                 if self._unannounced:
                     await self.tell_others(store)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import secrets
 import shutil
@@ -180,9 +179,8 @@ async def _run_learner(settings: Settings) -> int:
     )
     try:
         async with asyncio.TaskGroup() as background:
-            watcher = background.create_task(catalogues.watch(store, settings.catalogue_watch_s))
+            background.create_task(catalogues.watch(store, stop, settings.catalogue_watch_s))
             await _learn_until(learner, stop)
-            watcher.cancel()
     finally:
         await store.aclose()
     return 0
@@ -191,14 +189,14 @@ async def _run_learner(settings: Settings) -> int:
 async def _learn_until(learner: Any, stop: asyncio.Event) -> None:
     """Run the learner; while the store is away, wait and try again rather than die."""
     from feature_store import StoreUnavailable
+    from models.stopping import pause
 
     while not stop.is_set():
         try:
             await learner.run(stop)
         except StoreUnavailable as exc:
             print(f"nba learn: the store is unavailable ({exc}); retrying", file=sys.stderr)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            await pause(stop, 1.0)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -14,7 +14,6 @@ counter that went down between two samples was reset, and the later value is the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from prometheus_client.metrics_core import Metric
 
 from app import metrics
 from feature_store import StoreUnavailable
+from models.stopping import pause
 
 if TYPE_CHECKING:
     from app.services import Services
@@ -155,9 +155,7 @@ class Sampler:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             wait_s = INTERVAL_S - self.services.clock() % INTERVAL_S + WAKE_AFTER_S
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wait_s)
-            if stop.is_set():
+            if await pause(stop, wait_s):
                 return
             try:
                 await self.tick()

@@ -121,32 +121,25 @@ def create_app(
                 clock=clock,
                 lease_ms=round(settings.trigger_lease_s * 1000),
             )
-            stop_delivering = asyncio.Event()
+            # Every background loop ends by this event, not by cancellation (models/stopping.py says why).
+            stop = asyncio.Event()
             async with asyncio.TaskGroup() as background:
-                watchers = (
-                    [
-                        background.create_task(catalogues.watch(store, settings.catalogue_watch_s)),
-                        background.create_task(
-                            services.models.watch(store.learning(), settings.model_refresh_s)
-                        ),
-                    ]
-                    if watch
-                    else []
-                )
                 if watch:
-                    background.create_task(delivering.run(stop_delivering))
-                    background.create_task(firing.run(stop_delivering, settings.trigger_poll_s))
+                    background.create_task(catalogues.watch(store, stop, settings.catalogue_watch_s))
+                    background.create_task(
+                        services.models.watch(store.learning(), stop, settings.model_refresh_s)
+                    )
+                    background.create_task(delivering.run(stop))
+                    background.create_task(firing.run(stop, settings.trigger_poll_s))
                     # The dashboard's samples (app/dashboard_data.py): one worker writes each 10-s one.
-                    background.create_task(dashboard_data.Sampler(services).run(stop_delivering))
+                    background.create_task(dashboard_data.Sampler(services).run(stop))
                 # What start-up built (the catalogue, the models, imports) lives as long as the process:
                 # out of the collector's sight, full collections stop scanning it on every pass.
                 gc.collect()
                 gc.freeze()
                 yield {"services": services, "models_followed": watch}
                 gc.unfreeze()  # back in sight: in a process that builds the app again (tests), it can go
-                stop_delivering.set()  # the attempts in flight finish (within their timeout), none start
-                for watcher in watchers:
-                    watcher.cancel()
+                stop.set()  # the deliveries in flight finish (within their timeout), none start
 
     app = FastAPI(
         title="nba: next-best-action decisioning",

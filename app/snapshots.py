@@ -15,6 +15,7 @@ import structlog
 from feature_store import StoreUnavailable
 from feature_store.learning import LearnerStore
 from models.snapshot import EMPTY, LinearScorer, Snapshot
+from models.stopping import pause
 
 log = structlog.get_logger("nba.models")
 
@@ -37,8 +38,9 @@ class Models:
         log.info("model_loaded", version=self.scorer.version)
         return True
 
-    async def watch(self, store: LearnerStore, every_s: float) -> None:
-        while True:
+    async def watch(self, store: LearnerStore, stop: asyncio.Event, every_s: float) -> None:
+        """Follow the published version until ``stop`` is set."""
+        while not stop.is_set():
             with contextlib.suppress(StoreUnavailable):  # decisions fall back meanwhile; it tries again
                 await self.refresh(store)
-            await asyncio.sleep(every_s)
+            await pause(stop, every_s)

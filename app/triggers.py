@@ -44,6 +44,7 @@ from feature_store.features import features
 from feature_store.keys import ProfileKeys
 from feature_store.outbox import Outbox, delivery
 from feature_store.triggers import Firing, TriggerStore
+from models.stopping import pause
 from policies.catalogue import Catalogue, CompiledTrigger
 from policies.rules import RuleEvaluationError
 
@@ -89,10 +90,9 @@ class TriggerWorker:
         """Fire what is due every ``every_s``, until ``stop``; a store outage only delays it."""
         while not stop.is_set():
             with contextlib.suppress(StoreUnavailable):
-                while await self.round() == self.batch:
+                while await self.round() == self.batch and not stop.is_set():
                     pass  # a backlog (the service was down): go on without waiting
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=every_s)
+            await pause(stop, every_s)
 
     async def round(self) -> int:
         """Claim what is due and fire it; how many were claimed."""

@@ -37,7 +37,6 @@ actions were not shown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
@@ -52,6 +51,7 @@ from feature_store.keys import DECISION_LOG, OUTCOME_LOG
 from feature_store.learning import LearnerStore
 from models.rewards import COUNTERFACTUAL, SERVED, Earned, Pending, at_close, from_outcome
 from models.snapshot import ActionModel, Snapshot, logit, to_model
+from models.stopping import pause
 from models.vectorize import Centre, vector
 from policies.catalogue import Catalogue
 
@@ -158,7 +158,7 @@ class Learner:
             if await self.store.acquire(token, LOCK_MS):
                 break
             log.info("learner_waiting_for_lock")
-            await _sleep(stop, LOCK_MS / 3000)
+            await pause(stop, LOCK_MS / 3000)
         else:
             return
         try:
@@ -172,7 +172,7 @@ class Learner:
                 busy = await self.step()
                 await self.publish_if_due()
                 if not busy:
-                    await _sleep(stop, idle_s)
+                    await pause(stop, idle_s)
             await self.publish_if_due(force=True)
         finally:
             await self.store.release(token)
@@ -347,9 +347,3 @@ def _vector(summary: Mapping[str, str]) -> dict[str, float]:
     features: dict[str, Any] = json.loads(summary.get("features", "{}"))
     context: dict[str, Any] = json.loads(summary.get("context", "{}"))
     return vector(features, context, summary["placement"], int(summary["time_ms"]))
-
-
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep, but wake as soon as ``stop`` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
