@@ -516,12 +516,16 @@ class Bench:
     quiet_wait_s: float = 0.0
     runs: int = 0
     meter: CpuMeter = field(init=False)
+    roles: dict[int, str] = field(init=False)  # the server's processes: which is the worker, Redis, ...
 
     def __post_init__(self) -> None:
-        self.meter = CpuMeter([self.server.pid, *descendants(self.server.pid)])
+        pids = [self.server.pid, *descendants(self.server.pid)]
+        self.meter = CpuMeter(pids)
+        self.roles = {pid: role(pid) for pid in pids}
 
-    def wrk(self, rate: float, duration_s: int, connections: int) -> tuple[WrkRun, float]:
-        """One wrk run (``rate`` 0: closed loop); its figures, and other processes' CPU meanwhile."""
+    def wrk(self, rate: float, duration_s: int, connections: int) -> tuple[WrkRun, float, dict[str, float]]:
+        """One wrk run (``rate`` 0: closed loop); its figures, other processes' CPU meanwhile, and the
+        cores each of the server's processes took (by role: which one bounds the rate)."""
         self.runs += 1
         args = [WRK, "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s", "-s", str(WRK_SCRIPT)]
         args += [self.server.base_url, "--", self.scenario.name, f"{rate:g}", str(self.runs), "1"]
@@ -533,6 +537,8 @@ class Bench:
 
         self._wait_for_quiet()
         self.meter.start()
+        ticks = {pid: _process_ticks(pid) for pid in self.roles}
+        started = time.monotonic()
         try:
             done = subprocess.run(
                 args,
@@ -545,9 +551,13 @@ class Bench:
         except subprocess.TimeoutExpired as exc:
             raise BenchmarkError(f"wrk did not finish within {duration_s + 60} s") from exc
         other = self.meter.other_cores()
+        seconds = (time.monotonic() - started) * os.sysconf("SC_CLK_TCK")
+        cores: dict[str, float] = {}
+        for pid, name in self.roles.items():
+            cores[name] = round(cores.get(name, 0.0) + (_process_ticks(pid) - ticks[pid]) / seconds, 2)
         if done.returncode != 0:
             raise BenchmarkError(f"wrk failed ({done.returncode}): {done.stderr[-2000:]}")
-        return parse_wrk(done.stdout), other
+        return parse_wrk(done.stdout), other, cores
 
     def _wait_for_quiet(self) -> None:
         """Wait, up to ``quiet_wait_s``, until other processes take under DISTURBED_CORES for a second."""
@@ -564,10 +574,11 @@ class Bench:
         kept: dict[str, Any] | None = None
         for attempt in range(1, reruns + 2):
             if target is None:
-                run, other = self.wrk(0, self.plan.max_s, self.scenario.closed_connections)
+                run, other, cores = self.wrk(0, self.plan.max_s, self.scenario.closed_connections)
             else:
-                run, other = self.wrk(target, self.plan.rate_s, paced_connections(target))
+                run, other, cores = self.wrk(target, self.plan.rate_s, paced_connections(target))
             measured = point(run, self.scenario, target, other, kind)
+            measured["server_cpu_cores"] = cores
             if target is not None:
                 measured["connections"] = paced_connections(target)
             measured["attempt"] = attempt
@@ -807,6 +818,7 @@ def plot(path: Path, figures: Mapping[str, Any]) -> None:
 
     fig = Figure(figsize=(13, 5.8), layout="constrained")
     left, right = fig.subplots(1, 2)
+    drawn: set[Any] = set()
     for workers, scenarios in figures["workers"].items():
         for name, ax, x_key in (
             ("floor", left, "achieved_per_s"),
@@ -816,6 +828,7 @@ def plot(path: Path, figures: Mapping[str, Any]) -> None:
             paced = scenarios.get(name, {}).get("paced")
             if not paced:
                 continue
+            drawn.add(ax)
             colour = COLOURS[(name, workers)]
             # Lines join the sustained rates only: a rate not sustained achieved less than its target,
             # with latencies that hide the wait of the sends that fell behind.
@@ -838,6 +851,10 @@ def plot(path: Path, figures: Mapping[str, Any]) -> None:
         (left, "achieved requests per second (log scale)"),
         (right, "achieved events per second (POST /v1/events, batches of 500; log scale)"),
     ):
+        if ax not in drawn:  # a run of some scenarios only (--scenarios)
+            ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
         ax.axhline(BUDGET_MS, color="grey", linestyle="--", label=f"{BUDGET_MS:g} ms")
         ax.scatter([], [], marker="x", color="crimson", label="p99 of a rate not sustained")
         ax.set_yscale("log")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from load_tests.benchmark import (
     hopeless,
     paced_connections,
     parse_wrk,
+    plot,
     point,
     problems,
     ratios,
@@ -210,3 +212,17 @@ def test_no_search_when_even_the_median_at_the_lowest_rate_is_over_budget() -> N
     assert hopeless([paced(1.2, p50=60.0, p99=90.0), paced(3.0, p50=70.0, p99=140.0)]) == (
         "the median at the lowest rate, 1.2/s, is 60 ms: over 10 ms, which no lower rate brings the p99 under"
     )
+
+
+def test_the_plot_of_a_run_of_one_scenario_says_the_other_panel_was_not_measured(tmp_path: Path) -> None:
+    """``--scenarios events`` alone: the left panel has no rate to put on a log scale (it used to fail)."""
+    events = [point(wrk_run(), EVENTS, rate, 0.0, "ladder") for rate in (10.0, 20.0)]
+    figures = {
+        "workers": {"1": {"events": {"paced": events}}},
+        "machine": {"cpu": "test CPU", "cores": 2},
+        "date": "2026-11-22T00:00:00Z",
+        "code": {"commit": "0123456789abcdef"},
+    }
+    out = tmp_path / "plot.png"
+    plot(out, figures)
+    assert out.read_bytes().startswith(b"\x89PNG")
