@@ -14,9 +14,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -25,13 +23,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 
-import hiredis
 import redis.asyncio as aioredis
 from redis import exceptions as rx
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.utils import HIREDIS_AVAILABLE
 
 from feature_store import keys
 from feature_store.errors import IdentityConflict, StoreUnavailable
@@ -45,6 +40,7 @@ from feature_store.events import (
     order_key,
 )
 from feature_store.keys import KEYS_PER_PROFILE, IdKind, ProfileKeys
+from feature_store.multiplex import Multiplexer
 from feature_store.profile import WINDOWS, ContactRecord, Profile, RawProfile, StageRules, decode, merge
 
 if TYPE_CHECKING:
@@ -93,27 +89,6 @@ class DecisionRecord:
     held_out: Mapping[str, bool]  # to persist at first sight
     summary: Mapping[str, str]  # kept under nba:dec:<id> for outcomes
     log: Mapping[str, str]  # the decision log entry
-
-
-def _packed_in_c(base: type[AbstractConnection]) -> type[AbstractConnection]:
-    """``base`` (TCP, TLS or Unix socket) packing commands with hiredis, as redis-py's blocking client
-    does (its ``HiredisRespSerializer``): the asyncio client packs in Python, about 2 µs per argument,
-    and a decision sends about 90 (docs/performance.md). The store sends str, bytes, int and float only,
-    and never a command name of two words, which redis-py's packers also split."""
-    if not HIREDIS_AVAILABLE:
-        return base
-
-    class Packed(base):  # type: ignore[valid-type,misc]
-        def pack_command(self, *args: Any) -> list[bytes]:
-            if isinstance(args[0], str) and " " in args[0]:  # "SCRIPT LOAD", from redis-py itself
-                args = (*args[0].split(), *args[1:])
-            try:
-                return [hiredis.pack_command(args)]
-            except TypeError as exc:
-                raise rx.DataError(str(exc)) from exc
-
-    Packed.__name__ = Packed.__qualname__ = f"HiredisPacked{base.__name__}"
-    return Packed
 
 
 def _lua(name: str) -> str:
@@ -230,6 +205,8 @@ class ProfileStore:
         self._link = client.register_script(_lua("link.lua"))
         self._contact_src = _lua("contact.lua")
         self._apply_sha: str | None = None
+        timeout_s = client.connection_pool.connection_kwargs.get("socket_timeout") or 0.5
+        self._mux = Multiplexer(client.connection_pool, timeout_s)
 
     @classmethod
     def connect(
@@ -255,19 +232,19 @@ class ProfileStore:
             decode_responses=True,
             retry=Retry(NoBackoff(), 0),
         )
-        pool.connection_class = _packed_in_c(pool.connection_class)
         return cls(aioredis.Redis(connection_pool=pool), config or StoreConfig(), clock)
 
     async def aclose(self) -> None:
+        self._mux.close()
         await self._redis.aclose()
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
 
     async def load_scripts(self) -> None:
-        """Load the scripts now, so the first event does not pay for it."""
+        """Load the scripts and open the hot path's connection now, so the first event does not pay for it."""
         async with translated():
-            self._apply_sha = await self._redis.script_load(self._apply_src)
+            await self._load_apply()
 
     async def ping(self) -> None:
         async with translated():
@@ -535,28 +512,16 @@ class ProfileStore:
         return existed or bool(aliases)
 
     async def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Send the commands in one write and read their replies, an error reply in its place (as a
-        pipeline's ``execute(raise_on_error=False)`` does), without a pipeline's bookkeeping and its timer
-        per reply: 6.7 µs of CPU per script call instead of 13.8, measured, and a batch of 500 events for
-        500 customers is 500 calls. The replies share one timeout. A failure midway closes the
-        connection: its unread replies would answer the next commands."""
-        pool = self._redis.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await connection.send_packed_command(connection.pack_commands(commands))
-            replies: list[Any] = []
-            async with asyncio.timeout(connection.socket_timeout):
-                for _ in commands:
-                    try:
-                        replies.append(await connection.read_response(timeout=math.inf))
-                    except rx.ResponseError as exc:
-                        replies.append(exc)
-            return replies
-        except BaseException:
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
+        """Send the commands in one write and read their replies, an error reply in its place, on the
+        connection the hot path shares (multiplex.py): a batch of 500 events for 500 customers is 500
+        script calls, and a decision two calls."""
+        return await self._mux.execute(commands)
+
+    async def _load_apply(self) -> None:
+        [reply] = await self._pipelined([("SCRIPT", "LOAD", self._apply_src)])
+        if isinstance(reply, Exception):
+            raise reply
+        self._apply_sha = reply
 
     async def _apply(
         self,
@@ -586,7 +551,7 @@ class ProfileStore:
         async with translated():
             for _ in range(2):
                 if self._apply_sha is None:
-                    self._apply_sha = await self._redis.script_load(self._apply_src)
+                    await self._load_apply()
                 commands: list[tuple[Any, ...]] = [
                     ("EVALSHA", self._apply_sha, KEYS_PER_PROFILE, *packed[i]) for i in pending
                 ]

@@ -1,6 +1,7 @@
 """What each operation costs in Redis round trips, counted on the wire: every request the client sends to
-redis-server goes out as one packed write on a connection (a pipeline is one write), and the ``wire``
-fixture counts those writes for every connection of the process."""
+redis-server goes out as one packed write on a connection (a pipeline is one write, and so is a call on
+the hot path's shared connection), and the ``wire`` fixture counts those writes for every connection of
+the process."""
 
 from __future__ import annotations
 
@@ -17,12 +18,17 @@ from redis.crc import key_slot
 
 from feature_store import Event, IdKind, ProfileStore
 from feature_store.keys import TRIGGERS_DUE
+from feature_store.multiplex import _Link
 from tests.conftest import AppFactory, Clock
 
 
 class Wire:
     def __init__(self) -> None:
-        self.sent = 0
+        self.writes: list[bytes] = []
+
+    @property
+    def sent(self) -> int:
+        return len(self.writes)
 
     async def trips(self, operation: Awaitable[Any]) -> int:
         before = self.sent
@@ -36,10 +42,17 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
     send = Connection.send_packed_command
 
     async def counted(self: Connection, command: Any, check_health: bool = True) -> None:
-        wire.sent += 1
+        wire.writes.append(b"".join(command) if isinstance(command, list) else command)
         await send(self, command, check_health)
 
     monkeypatch.setattr(Connection, "send_packed_command", counted)
+    call = _Link.call
+
+    async def counted_call(self: _Link, packed: bytes, count: int) -> list[Any]:
+        wire.writes.append(packed)
+        return await call(self, packed, count)
+
+    monkeypatch.setattr(_Link, "call", counted_call)
     return wire
 
 
@@ -66,24 +79,15 @@ async def test_a_batch_of_1000_events_for_300_customers_is_one_round_trip(
 
 
 async def test_each_script_call_touches_one_profile_so_one_cluster_slot(
-    store: ProfileStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    store: ProfileStore, clock: Clock, wire: Wire
 ) -> None:
     """A batch for many customers is one write, holding one script call per profile (and per 100 events
     of a profile), whose keys all share the profile's hash tag: what Redis Cluster requires."""
-    sent: list[bytes] = []
-    send = Connection.send_packed_command
-
-    async def captured(self: Connection, command: Any, check_health: bool = True) -> None:
-        sent.append(b"".join(command) if isinstance(command, list) else command)
-        await send(self, command, check_health)
-
-    await store.ping()
-    monkeypatch.setattr(Connection, "send_packed_command", captured)
     batch = [page_view(clock, f"c-{i % 30}", event_id=f"e-{i}") for i in range(300)]
     batch += [Event("page_view", int(clock.now * 1000), anonymous_id=f"v-{i}") for i in range(5)]
     batch += [page_view(clock, "c-busy", event_id=f"b-{i}") for i in range(250)]
     assert (await store.ingest(batch)).accepted == len(batch)
-    [request] = sent
+    [request] = wire.writes
     reader = hiredis.Reader()
     reader.feed(request)
     scripts = []

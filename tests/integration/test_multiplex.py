@@ -1,0 +1,125 @@
+"""The hot path's shared connection (feature_store/multiplex.py) against a real redis-server: replies
+reach the calls that asked, in any interleaving, and a late, lost or abandoned call fails only what it
+must."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis import exceptions as rx
+
+from feature_store.embedded import free_port
+from feature_store.multiplex import Multiplexer
+
+
+@pytest.fixture
+async def pool(redis_url: str) -> aioredis.ConnectionPool:
+    pool = aioredis.ConnectionPool.from_url(redis_url, decode_responses=True, socket_timeout=0.5)
+    yield pool
+    await pool.disconnect()
+
+
+@pytest.fixture
+async def mux(pool: aioredis.ConnectionPool) -> Multiplexer:
+    mux = Multiplexer(pool, timeout_s=0.5)
+    yield mux
+    mux.close()
+
+
+async def test_concurrent_calls_each_get_their_own_replies(mux: Multiplexer) -> None:
+    async def one(i: int) -> list[object]:
+        await asyncio.sleep(random.random() / 100)
+        n = 1 + i % 4
+        return await mux.execute([("ECHO", f"{i}:{k}") for k in range(n)])
+
+    replies = await asyncio.gather(*(one(i) for i in range(300)))
+
+    assert replies == [[f"{i}:{k}" for k in range(1 + i % 4)] for i in range(300)]
+
+
+async def test_an_error_reply_takes_its_commands_place(mux: Multiplexer) -> None:
+    replies = await mux.execute(
+        [("SET", "k", "v"), ("HGET", "k", "f"), ("EVALSHA", "0" * 40, 0), ("GET", "k")]
+    )
+
+    assert replies[0] == "OK"
+    assert isinstance(replies[1], rx.ResponseError)
+    assert "WRONGTYPE" in str(replies[1])
+    assert isinstance(replies[2], rx.NoScriptError)  # redis-py's classes, which the store tells apart
+    assert replies[3] == "v"
+
+
+async def test_a_caller_that_stops_waiting_leaves_the_others_their_replies(
+    mux: Multiplexer, pool: aioredis.ConnectionPool
+) -> None:
+    # The first call is still in Redis (it waits on a list) when its caller gives up.
+    abandoned = asyncio.ensure_future(mux.execute([("BLPOP", "nothing-yet", "0.2")]))
+    await asyncio.sleep(0.05)
+    abandoned.cancel()
+    after = await mux.execute([("ECHO", "mine")])
+
+    assert after == ["mine"]
+    assert abandoned.cancelled()
+
+
+async def test_a_late_reply_fails_the_calls_in_flight_and_the_next_call_reconnects(
+    mux: Multiplexer, redis_url: str
+) -> None:
+    assert await mux.execute([("ECHO", "before")]) == ["before"]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stuck = [asyncio.ensure_future(mux.execute([("BLPOP", "never", "2")])) for _ in range(3)]
+
+    results = await asyncio.gather(*stuck, return_exceptions=True)
+
+    assert all(isinstance(r, rx.TimeoutError) for r in results), results
+    assert 0.5 <= loop.time() - started < 1.0  # the timeout, checked four times per timeout
+    assert await mux.execute([("ECHO", "after")]) == ["after"]
+    # The stale connection was closed: its BLPOPs are no longer waiting in Redis.
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.info("clients")["blocked_clients"] == 0
+
+
+async def test_a_lost_connection_fails_the_calls_in_flight_and_the_next_call_reconnects(
+    mux: Multiplexer, redis_url: str
+) -> None:
+    assert await mux.execute([("CLIENT", "SETNAME", "hot-path")]) == ["OK"]
+    waiting = asyncio.ensure_future(mux.execute([("BLPOP", "never", "5")]))
+    await asyncio.sleep(0.05)
+    with redis.Redis.from_url(redis_url) as client:
+        [victim] = [c for c in client.client_list() if c["name"] == "hot-path"]
+        client.client_kill_filter(_id=victim["id"])
+
+    with pytest.raises(rx.ConnectionError):
+        await waiting
+    assert await mux.execute([("ECHO", "again")]) == ["again"]
+
+
+async def test_a_server_that_is_not_there_fails_fast(pool: aioredis.ConnectionPool) -> None:
+    nowhere = aioredis.ConnectionPool.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5
+    )
+    mux = Multiplexer(nowhere, timeout_s=0.5)
+    calls = [mux.execute([("PING",)]) for _ in range(5)]  # all wait for the same attempt
+
+    results = await asyncio.gather(*calls, return_exceptions=True)
+
+    assert all(isinstance(r, rx.ConnectionError) for r in results), results
+    mux.close()
+
+
+async def test_a_write_larger_than_the_socket_takes_at_once_arrives_whole(mux: Multiplexer) -> None:
+    value = "x" * 4_000_000
+    replies = await mux.execute([("SET", "big", value), ("STRLEN", "big")])
+
+    assert replies == ["OK", 4_000_000]
+
+
+async def test_what_redis_cannot_take_is_refused_before_anything_is_sent(mux: Multiplexer) -> None:
+    with pytest.raises(rx.DataError):
+        await mux.execute([("SET", "k", None)])
+    assert await mux.execute([("ECHO", "fine")]) == ["fine"]
