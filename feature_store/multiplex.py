@@ -5,7 +5,8 @@ per call and waits for their replies. Through redis-py's pool, each call pays fo
 from the pool and giving it back, a timer for its timeout and a stream read per reply: about 115 µs
 of CPU per call on uvloop, of which Redis's own work is a small part (docs/performance.md).
 
-Here each call writes its commands in one write on one shared connection and waits on one future.
+Here each call's commands go out in one write on one shared connection (with those of the other calls
+made in the same turn of the event loop), and the call waits on one future.
 Redis answers a connection's commands in the order it received them, so the replies are matched to
 the calls first in, first out: the protocol parses whatever arrived with hiredis and settles every
 call whose replies are complete. Measured with the same script call: 46 µs of CPU per call one at a
@@ -67,6 +68,7 @@ class _Link(asyncio.Protocol):
             reader_args["encoding"], reader_args["errors"] = encoding
         self._reader = hiredis.Reader(**reader_args)
         self._calls: deque[_Call] = deque()
+        self._unsent: list[bytes] = []
         self._drained: asyncio.Future[None] | None = None
         self.failure: BaseException | None = None
         # Late replies are found by a check a few times per timeout, not by a timer per call.
@@ -105,7 +107,9 @@ class _Link(asyncio.Protocol):
     async def call(self, packed: bytes, count: int) -> list[Any]:
         future: asyncio.Future[list[Any]] = self._loop.create_future()
         self._calls.append(_Call(future, count, self._loop.time() + self._timeout_s))
-        self._transport.write(packed)
+        if not self._unsent:
+            self._loop.call_soon(self._send)
+        self._unsent.append(packed)
         if self._drained is not None:  # a large write: wait for the socket to take it, as drain() does
             try:
                 await asyncio.shield(self._drained)
@@ -114,6 +118,12 @@ class _Link(asyncio.Protocol):
                     future.exception()  # the same failure, raised here
                 raise
         return await future
+
+    def _send(self) -> None:
+        """Write what the calls of this turn of the event loop asked for, in one system call."""
+        unsent, self._unsent = self._unsent, []
+        if self.failure is None:
+            self._transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
 
     def _check(self) -> None:
         if self.failure is not None:
@@ -169,6 +179,11 @@ class Multiplexer:
         if link is None or link.failure is not None:
             link = await self._open()
         return await link.call(packed, len(commands))
+
+    async def open(self) -> None:
+        """Open the connection now, if it is not open, rather than at the next call."""
+        if self._link is None or self._link.failure is not None:
+            await self._open()
 
     async def _open(self) -> _Link:
         # Callers that find the connection down together wait for the same attempt.

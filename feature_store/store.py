@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], float]
 CHUNK_EVENTS: Final = 100
+BULK_COMMANDS: Final = 50  # a write of more commands than this goes on the bulk connection
 CONTACT_HISTORY_MS: Final = 90 * 86_400_000  # the longest window a contact limit may count
 _UNAVAILABLE_REPLIES: Final = ("OOM", "MISCONF", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN")
 
@@ -206,7 +207,10 @@ class ProfileStore:
         self._contact_src = _lua("contact.lua")
         self._apply_sha: str | None = None
         timeout_s = client.connection_pool.connection_kwargs.get("socket_timeout") or 0.5
-        self._mux = Multiplexer(client.connection_pool, timeout_s)
+        # Two shared connections: Redis takes turns between connections, but answers one connection's
+        # commands in order, so a decision never waits behind a platform's batch of 500 on the same one.
+        self._hot = Multiplexer(client.connection_pool, timeout_s)
+        self._bulk = Multiplexer(client.connection_pool, timeout_s)
 
     @classmethod
     def connect(
@@ -235,16 +239,18 @@ class ProfileStore:
         return cls(aioredis.Redis(connection_pool=pool), config or StoreConfig(), clock)
 
     async def aclose(self) -> None:
-        self._mux.close()
+        self._hot.close()
+        self._bulk.close()
         await self._redis.aclose()
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
 
     async def load_scripts(self) -> None:
-        """Load the scripts and open the hot path's connection now, so the first event does not pay for it."""
+        """Load the scripts and open the shared connections now, so the first event does not pay for it."""
         async with translated():
             await self._load_apply()
+            await self._bulk.open()
 
     async def ping(self) -> None:
         async with translated():
@@ -512,10 +518,11 @@ class ProfileStore:
         return existed or bool(aliases)
 
     async def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Send the commands in one write and read their replies, an error reply in its place, on the
-        connection the hot path shares (multiplex.py): a batch of 500 events for 500 customers is 500
-        script calls, and a decision two calls."""
-        return await self._mux.execute(commands)
+        """Send the commands in one write and read their replies, an error reply in its place, on a
+        shared connection (multiplex.py): a decision's two calls, an event's or a small batch's on one,
+        large batches (a script call per customer) on the other."""
+        lane = self._bulk if len(commands) > BULK_COMMANDS else self._hot
+        return await lane.execute(commands)
 
     async def _load_apply(self) -> None:
         [reply] = await self._pipelined([("SCRIPT", "LOAD", self._apply_src)])

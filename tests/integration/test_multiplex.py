@@ -12,8 +12,10 @@ import redis
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 
+from feature_store import ProfileStore
 from feature_store.embedded import free_port
 from feature_store.multiplex import Multiplexer
+from feature_store.store import BULK_COMMANDS
 
 
 @pytest.fixture
@@ -123,3 +125,20 @@ async def test_what_redis_cannot_take_is_refused_before_anything_is_sent(mux: Mu
     with pytest.raises(rx.DataError):
         await mux.execute([("SET", "k", None)])
     assert await mux.execute([("ECHO", "fine")]) == ["fine"]
+
+
+async def test_the_store_keeps_large_batches_off_the_connection_that_decisions_use(
+    store: ProfileStore,
+) -> None:
+    """Redis answers one connection's commands in order: a decision behind a batch of 500 script calls
+    on the same connection would wait for all of them. Here the batch's first command holds its
+    connection (a blocking pop) and the small call is answered meanwhile."""
+    batch = [("BLPOP", "held", "0.3"), *(("ECHO", str(i)) for i in range(BULK_COMMANDS))]
+    large = asyncio.ensure_future(store._pipelined(batch))
+    await asyncio.sleep(0.05)
+
+    small = await store._pipelined([("ECHO", "decision")])
+
+    assert small == ["decision"]
+    assert not large.done()
+    assert (await large)[1:] == [str(i) for i in range(BULK_COMMANDS)]
