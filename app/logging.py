@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import re
@@ -62,11 +63,20 @@ def pseudonymizer(salt: bytes) -> structlog.typing.Processor:
     return processor
 
 
+_encoder = json.JSONEncoder(default=repr)  # built once: json.dumps builds one per call given options
+
+
+def _render_json(event: Any, **_: Any) -> str:
+    """structlog's JSON, with an encoder built once (the decision log writes a line per decision);
+    what JSON cannot hold is written as its repr, as structlog's own fallback does."""
+    return _encoder.encode(event)
+
+
 def configure(log_format: str = "auto", salt: bytes | None = None) -> None:
     """Configure structlog for this process. ``salt`` keys the pseudonyms (random when not given)."""
     json_logs = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(_render_json) if json_logs else structlog.dev.ConsoleRenderer()
     )
     tracebacks: structlog.typing.Processor = (
         # Without locals: a frame's variables hold request bodies, customer ids and keys.

@@ -93,8 +93,8 @@ def new_decision_id(now_ms: int) -> str:
     return f"d-{now_ms:012x}{os.urandom(8).hex()}"
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=sorted)
+# Built once: json.dumps builds an encoder per call when given options, and a decision encodes six values.
+_json = json.JSONEncoder(separators=(",", ":"), default=sorted).encode
 
 
 def _logged_features(values: Mapping[str, Any]) -> dict[str, Any]:
