@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import structlog
 
@@ -34,8 +35,11 @@ class Models:
         text = await store.snapshot()
         if text is None:
             return False
+        started = time.perf_counter()
         self.scorer = LinearScorer(Snapshot.from_json(text))
-        log.info("model_loaded", version=self.scorer.version)
+        # Built on the event loop: decisions wait meanwhile, so the time is logged.
+        load_ms = round((time.perf_counter() - started) * 1000, 3)
+        log.info("model_loaded", version=self.scorer.version, load_ms=load_ms, snapshot_bytes=len(text))
         return True
 
     async def watch(self, store: LearnerStore, stop: asyncio.Event, every_s: float) -> None:
