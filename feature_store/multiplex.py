@@ -180,11 +180,6 @@ class Multiplexer:
             link = await self._open()
         return await link.call(packed, len(commands))
 
-    async def open(self) -> None:
-        """Open the connection now, if it is not open, rather than at the next call."""
-        if self._link is None or self._link.failure is not None:
-            await self._open()
-
     async def _open(self) -> _Link:
         # Callers that find the connection down together wait for the same attempt.
         if self._opening is None:

@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 
+import hiredis
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.retry import Retry
@@ -207,10 +210,10 @@ class ProfileStore:
         self._contact_src = _lua("contact.lua")
         self._apply_sha: str | None = None
         timeout_s = client.connection_pool.connection_kwargs.get("socket_timeout") or 0.5
-        # Two shared connections: Redis takes turns between connections, but answers one connection's
-        # commands in order, so a decision never waits behind a platform's batch of 500 on the same one.
+        # Redis answers one connection's commands in order but takes turns between connections: small
+        # calls share one connection, so a decision never waits behind a platform's batch of 500 on
+        # it, and each large batch takes a connection of the pool, so that batches go side by side.
         self._hot = Multiplexer(client.connection_pool, timeout_s)
-        self._bulk = Multiplexer(client.connection_pool, timeout_s)
 
     @classmethod
     def connect(
@@ -240,7 +243,6 @@ class ProfileStore:
 
     async def aclose(self) -> None:
         self._hot.close()
-        self._bulk.close()
         await self._redis.aclose()
 
     def now_ms(self) -> int:
@@ -250,7 +252,6 @@ class ProfileStore:
         """Load the scripts and open the shared connections now, so the first event does not pay for it."""
         async with translated():
             await self._load_apply()
-            await self._bulk.open()
 
     async def ping(self) -> None:
         async with translated():
@@ -518,11 +519,38 @@ class ProfileStore:
         return existed or bool(aliases)
 
     async def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Send the commands in one write and read their replies, an error reply in its place, on a
-        shared connection (multiplex.py): a decision's two calls, an event's or a small batch's on one,
-        large batches (a script call per customer) on the other."""
-        lane = self._bulk if len(commands) > BULK_COMMANDS else self._hot
-        return await lane.execute(commands)
+        """Send the commands in one write and read their replies, an error reply in its place: a
+        decision's two calls and an event's or a small batch's on the shared connection (multiplex.py),
+        a large batch (a script call per customer) on a connection of its own."""
+        if len(commands) <= BULK_COMMANDS:
+            return await self._hot.execute(commands)
+        return await self._pooled(commands)
+
+    async def _pooled(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``_pipelined`` on a connection of the pool, packed by hiredis, without a pipeline's
+        bookkeeping and its timer per reply. The replies share one timeout. A failure midway closes
+        the connection: its unread replies would answer the next commands."""
+        try:
+            packed = b"".join([hiredis.pack_command(command) for command in commands])
+        except TypeError as exc:
+            raise rx.DataError(str(exc)) from exc
+        pool = self._redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(packed)
+            replies: list[Any] = []
+            async with asyncio.timeout(connection.socket_timeout):
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except rx.ResponseError as exc:
+                        replies.append(exc)
+            return replies
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
 
     async def _load_apply(self) -> None:
         [reply] = await self._pipelined([("SCRIPT", "LOAD", self._apply_src)])

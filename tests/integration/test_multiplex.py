@@ -127,7 +127,7 @@ async def test_what_redis_cannot_take_is_refused_before_anything_is_sent(mux: Mu
     assert await mux.execute([("ECHO", "fine")]) == ["fine"]
 
 
-async def test_the_store_keeps_large_batches_off_the_connection_that_decisions_use(
+async def test_the_store_keeps_large_batches_off_the_shared_connection(
     store: ProfileStore,
 ) -> None:
     """Redis answers one connection's commands in order: a decision behind a batch of 500 script calls
