@@ -40,6 +40,14 @@ from redis.asyncio.connection import ConnectionPool
 _WRITE_BUFFER_HIGH: Final = 1 << 20  # bytes queued in the transport before callers wait for it to drain
 
 
+def pack(commands: Sequence[tuple[Any, ...]]) -> bytes:
+    """The commands in Redis's protocol, packed by hiredis (str, bytes, int and float arguments)."""
+    try:
+        return b"".join([hiredis.pack_command(command) for command in commands])
+    except TypeError as exc:
+        raise rx.DataError(str(exc)) from exc
+
+
 class _Call:
     __slots__ = ("deadline", "future", "left", "replies")
 
@@ -171,10 +179,7 @@ class Multiplexer:
 
     async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """The replies of ``commands``, sent in one write, in order; an error reply in its place."""
-        try:
-            packed = b"".join([hiredis.pack_command(command) for command in commands])
-        except TypeError as exc:
-            raise rx.DataError(str(exc)) from exc
+        packed = pack(commands)
         link = self._link
         if link is None or link.failure is not None:
             link = await self._open()

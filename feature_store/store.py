@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 
-import hiredis
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.retry import Retry
@@ -43,7 +42,7 @@ from feature_store.events import (
     order_key,
 )
 from feature_store.keys import KEYS_PER_PROFILE, IdKind, ProfileKeys
-from feature_store.multiplex import Multiplexer
+from feature_store.multiplex import Multiplexer, pack
 from feature_store.profile import WINDOWS, ContactRecord, Profile, RawProfile, StageRules, decode, merge
 
 if TYPE_CHECKING:
@@ -530,10 +529,7 @@ class ProfileStore:
         """``_pipelined`` on a connection of the pool, packed by hiredis, without a pipeline's
         bookkeeping and its timer per reply. The replies share one timeout. A failure midway closes
         the connection: its unread replies would answer the next commands."""
-        try:
-            packed = b"".join([hiredis.pack_command(command) for command in commands])
-        except TypeError as exc:
-            raise rx.DataError(str(exc)) from exc
+        packed = pack(commands)
         pool = self._redis.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
