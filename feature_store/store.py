@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], float]
 CHUNK_EVENTS: Final = 100
-BULK_COMMANDS: Final = 50  # a write of more commands than this goes on the bulk connection
+BULK_COMMANDS: Final = 50  # a write of more commands than this takes a pool connection of its own
 CONTACT_HISTORY_MS: Final = 90 * 86_400_000  # the longest window a contact limit may count
 _UNAVAILABLE_REPLIES: Final = ("OOM", "MISCONF", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN")
 
@@ -248,7 +248,7 @@ class ProfileStore:
         return int(self._clock() * 1000)
 
     async def load_scripts(self) -> None:
-        """Load the scripts and open the shared connections now, so the first event does not pay for it."""
+        """Load the scripts and open the shared connection now, so the first event does not pay for it."""
         async with translated():
             await self._load_apply()
 
