@@ -28,6 +28,14 @@ class KeyRing:
     def open(self) -> bool:
         return not self._scopes
 
+    def allows(self, authorization: str | None, needed: Scope) -> bool:
+        """Whether :meth:`check` would let the call through."""
+        try:
+            self.check(authorization, needed)
+        except (Unauthorized, Forbidden):
+            return False
+        return True
+
     def check(self, authorization: str | None, needed: Scope) -> None:
         if self.open:
             return

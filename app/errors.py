@@ -134,10 +134,15 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
 
 
+def answer(exc: ApiError) -> JSONResponse:
+    """The answer to an :class:`ApiError`, wherever it is raised (also app/routes/decisions.py)."""
+    return _body(exc.status, exc.code, exc.detail, exc.fields, exc.headers)
+
+
 def install(app: FastAPI, *, retry_after_s: int) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return _body(exc.status, exc.code, exc.detail, exc.fields, exc.headers)
+        return answer(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

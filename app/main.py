@@ -148,6 +148,7 @@ def create_app(
         lifespan=lifespan,
     )
     errors.install(app, retry_after_s=settings.retry_after_s)
+    app.add_middleware(decisions.FastDecide)  # innermost: inside the request id, metrics and limits
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes)
     app.add_middleware(metrics.HttpMetrics)
     app.add_middleware(app_logging.RequestIds)  # outermost: every log line of a request carries its id
