@@ -26,6 +26,7 @@ is simply false for someone who never bought.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Final
@@ -59,18 +60,31 @@ def _days(now_ms: int, then_ms: int | None) -> float:
     return NEVER if then_ms is None else (now_ms - then_ms) / DAY_MS
 
 
+@functools.lru_cache(maxsize=64)
+def _names(event_type: str) -> tuple[str, str, tuple[str, ...]]:
+    """``T_total``, ``days_since_T`` and ``T_<window>`` of an event type: built once, read per decision."""
+    t = type_name(event_type)
+    return f"{t}_total", f"days_since_{t}", tuple(f"{t}_{w.name}" for w in WINDOWS)
+
+
+@functools.lru_cache(maxsize=64)
+def _defaults(event_types: tuple[str, ...]) -> dict[str, Any]:
+    """The per-type features of a profile that has seen none of these types (never copied out)."""
+    out: dict[str, Any] = {}
+    for event_type in (*WELL_KNOWN_TYPES, *event_types):
+        total, days_since, windowed = _names(event_type)
+        out[total] = 0
+        out[days_since] = NEVER
+        out.update(dict.fromkeys(windowed, 0))
+    return out
+
+
 def features(profile: Profile | None, now_ms: int, event_types: Iterable[str] = ()) -> dict[str, Any]:
     """The features of a profile (``None``: a customer seen for the first time).
 
     ``event_types``: custom types that rules may name, which read as never seen until they are.
     """
-    out: dict[str, Any] = {}
-    for event_type in (*WELL_KNOWN_TYPES, *event_types):
-        t = type_name(event_type)
-        out[f"{t}_total"] = 0
-        out[f"days_since_{t}"] = NEVER
-        for w in WINDOWS:
-            out[f"{t}_{w.name}"] = 0
+    out = dict(_defaults(tuple(event_types)))
     if profile is None:
         out.update(
             stage="awareness", is_known=False, orders=0, revenue=0.0, purchased_24h=False, purchased_7d=False,
@@ -80,11 +94,10 @@ def features(profile: Profile | None, now_ms: int, event_types: Iterable[str] = 
         )  # fmt: skip
         return out
     for event_type, counts in profile.counts.items():
-        t = type_name(event_type)
-        out[f"{t}_total"] = counts.total
-        out[f"days_since_{t}"] = _days(now_ms, counts.last_at_ms)
-        for w in WINDOWS:
-            out[f"{t}_{w.name}"] = counts.windows[w.name]
+        total, days_since, windowed = _names(event_type)
+        out[total] = counts.total
+        out[days_since] = _days(now_ms, counts.last_at_ms)
+        out.update(zip(windowed, (counts.windows[w.name] for w in WINDOWS), strict=True))
     views = Counter(
         str(e.properties["item_id"])
         for e in profile.recent
