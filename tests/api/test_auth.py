@@ -57,8 +57,18 @@ async def customers_call(client: httpx.AsyncClient, headers: dict[str, str]) -> 
     return await client.get("/v1/customers/c-1", headers=headers)
 
 
-CALLS = {"events": events_call, "identities": identities_call, "customers": customers_call}
-SUCCESS = {"events": 202, "identities": 200, "customers": 200}
+async def decide_call(client: httpx.AsyncClient, headers: dict[str, str]) -> httpx.Response:
+    body = {"customer_id": "c-2", "placement": "web.home", "event": {"type": "page_view"}}
+    return await client.post("/v1/decide", json=body, headers=headers)
+
+
+CALLS = {
+    "events": events_call,
+    "decide": decide_call,
+    "identities": identities_call,
+    "customers": customers_call,
+}
+SUCCESS = {"events": 202, "decide": 200, "identities": 200, "customers": 200}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -70,9 +80,11 @@ SUCCESS = {"events": 202, "identities": 200, "customers": 200}
     ("key", "call", "allowed"),
     [
         ("k-web", "events", True),
+        ("k-web", "decide", True),
         ("k-web", "identities", False),
         ("k-web", "customers", False),
         ("k-server", "events", True),
+        ("k-server", "decide", True),
         ("k-server", "identities", True),
         ("k-server", "customers", False),
         ("k-admin", "events", True),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -124,6 +125,42 @@ async def test_unknown_placement_is_a_422_that_lists_the_known_ones(api: httpx.A
     assert r.status_code == 422
     assert r.json()["error"] == "unknown_placement"
     assert "web.product_page" in r.json()["detail"]
+
+
+async def test_a_body_sent_in_pieces_is_decided(api: httpx.AsyncClient) -> None:
+    data = json.dumps({"customer_id": "c-1", "placement": "web.product_page"}).encode()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 7):
+            yield data[start : start + 7]
+
+    r = await api.post("/v1/decide", content=pieces(), headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 200, r.text
+    assert [a["action_id"] for a in r.json()["actions"]] == ["generic_banner"]
+
+
+# Bodies the fast path (app/routes/decisions.py FastDecide) does not take: the route answers them.
+@pytest.mark.parametrize(
+    ("body", "code", "field", "hint"),
+    [
+        pytest.param(b'{"customer_id":"c-1","placement":"web.home","context":{"x":NaN}}', "invalid_request",
+                     "context.x", "finite", id="nan"),
+        pytest.param(b"[1]", "invalid_request", "body", "dictionary", id="array"),
+        pytest.param(b"", "invalid_request", "body", "required", id="empty"),
+        pytest.param(b'{"customer_id": "c-1"', "invalid_json", None, "at character 21", id="cut-short"),
+        pytest.param(b'{"placement":"web.home"}', "invalid_request", "body", "customer_id", id="no-id"),
+    ],
+)  # fmt: skip
+async def test_a_body_that_does_not_fit_is_answered_by_the_route(
+    api: httpx.AsyncClient, body: bytes, code: str, field: str | None, hint: str
+) -> None:
+    r = await api.post("/v1/decide", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    answer = r.json()
+    assert answer["error"] == code
+    assert hint in answer["detail"]
+    assert [f["field"] for f in answer.get("fields", [])] == ([field] if field else [])
 
 
 async def test_actions_lists_the_catalogue(api: httpx.AsyncClient) -> None:
