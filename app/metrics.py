@@ -29,7 +29,7 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 from prometheus_client import (
@@ -182,20 +182,18 @@ def decided(
     source: str,
     seconds: float,
     verdicts: Sequence[Verdict] = (),
-    applicable: Callable[[str], bool] | None = None,
+    not_offered: Container[str] = (),
 ) -> None:
-    """Count one decision, its duration, and the drop-out of each applicable action it did not choose.
-
-    ``applicable(action_id)`` says whether the action is offered on the placement: the others never
-    entered this placement's funnel and are not drop-outs.
-    """
+    """Count one decision, its duration, and the drop-out of each action offered on the placement that
+    it did not choose. The actions in ``not_offered`` never entered this placement's funnel and are not
+    drop-outs."""
     _child(_decisions, DECISIONS, (placement, action, group, "true" if fallback else "false", source)).inc()
     _child(_decision_seconds, DECISION_SECONDS, (placement, source)).observe(seconds)
     if not verdicts:
         return
     dropped: dict[str, int] = {}
     for verdict in verdicts:
-        if verdict.status != "chosen" and (applicable is None or applicable(verdict.action_id)):
+        if verdict.status != "chosen" and verdict.action_id not in not_offered:
             dropped[verdict.status] = dropped.get(verdict.status, 0) + 1
     for status, count in dropped.items():
         _child(_dropouts, DROPOUTS, (placement, status)).inc(count)

@@ -235,7 +235,7 @@ def decide(
     applicable = catalogue.by_placement.get(placement, ())
     rules = RuleScope(situation.features, situation.context)
     propensity_of = scorer.for_situation(situation.features, situation.context, placement, situation.now_ms)
-    verdicts.update(_not_offered(catalogue, placement))
+    verdicts.update(not_offered(catalogue, placement))
     for action in applicable:
         a = action.spec
         try:
@@ -307,7 +307,7 @@ def decide(
     )
 
 
-def _not_offered(catalogue: Catalogue, placement: str) -> Mapping[str, Verdict]:
+def not_offered(catalogue: Catalogue, placement: str) -> Mapping[str, Verdict]:
     """The verdicts of the actions not offered on ``placement``: the same for every decision there, so
     made once per catalogue (the live one; a reload replaces them)."""
     if _NOT_OFFERED.catalogue is not catalogue:

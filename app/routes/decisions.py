@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -80,8 +81,12 @@ class FastDecide:
             await self.app(scope, _replay(received, receive), send)
             return
         scope["route"] = self.route  # what the router would record: HttpMetrics labels by it
+        response: Response
         try:
-            response = JSONResponse(await services.decide(body))
+            # What JSONResponse would send, encoded by orjson (as the decision records are): keys that
+            # are not strings (a catalogue payload's, from YAML) become strings, as json.dumps makes them.
+            answer = orjson.dumps(await services.decide(body), option=orjson.OPT_NON_STR_KEYS)
+            response = Response(answer, media_type="application/json")
         except errors.ApiError as exc:
             response = errors.answer(exc)
         await response(scope, receive, send)
