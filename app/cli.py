@@ -91,7 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
             [sys.executable, "-m", "app.cli", "learn"], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
         )
     # Set up for the workers only (the learner above has no metrics of its own to share).
-    metrics_dir = _metrics_dir()
+    metrics_dir = _metrics_dir(settings.workers)
     if settings.log_salt is None:  # one per run, so that every worker logs a customer under one pseudonym
         os.environ["NBA_LOG_SALT"] = secrets.token_hex(32)
     try:
@@ -117,18 +117,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _metrics_dir() -> Path | None:
+def _metrics_dir(workers: int) -> Path | None:
     """Make ``PROMETHEUS_MULTIPROC_DIR`` ready before any worker starts, so that every worker's counters
     are summed by whichever one is scraped (app/metrics.py). A folder given in the environment is
     emptied of the last run's files; without one, a fresh one is made, and returned to be removed at
     exit. Exited workers' files stay: their counts are part of the totals (and no gauge is kept in them,
-    so there is nothing for ``mark_process_dead`` to remove)."""
+    so there is nothing for ``mark_process_dead`` to remove).
+
+    One worker without a folder given has nothing to sum: its metrics stay in its memory, where counting
+    costs a third of writing each change to a file (a decision counts about fifteen; docs/performance.md).
+    """
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if given:
         folder = Path(given)
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("*.db"):
             stale.unlink()
+        return None
+    if workers == 1:
         return None
     folder = Path(tempfile.mkdtemp(prefix="nba-metrics-"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)

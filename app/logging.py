@@ -23,6 +23,7 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Final
 
+import orjson
 import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -67,9 +68,14 @@ _encoder = json.JSONEncoder(default=repr)  # built once: json.dumps builds one p
 
 
 def _render_json(event: Any, **_: Any) -> str:
-    """structlog's JSON, with an encoder built once (the decision log writes a line per decision);
-    what JSON cannot hold is written as its repr, as structlog's own fallback does."""
-    return _encoder.encode(event)
+    """structlog's JSON, by orjson (the decision log writes a line per decision: a fifth of the json
+    module's time); what JSON cannot hold is written as its repr, as structlog's own fallback does.
+    What orjson refuses outright (an integer beyond 64 bits) the json module writes: a log line never
+    fails the call that logs it."""
+    try:
+        return orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return _encoder.encode(event)
 
 
 def configure(log_format: str = "auto", salt: bytes | None = None) -> None:
