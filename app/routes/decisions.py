@@ -85,8 +85,8 @@ class FastDecide:
         try:
             # What JSONResponse would send, encoded by orjson (as the decision records are): keys that
             # are not strings (a catalogue payload's, from YAML) become strings, as json.dumps makes them.
-            answer = orjson.dumps(await services.decide(body), option=orjson.OPT_NON_STR_KEYS)
-            response = Response(answer, media_type="application/json")
+            content = orjson.dumps(await services.decide(body), option=orjson.OPT_NON_STR_KEYS)
+            response = Response(content, media_type="application/json")
         except errors.ApiError as exc:
             response = errors.answer(exc)
         await response(scope, receive, send)
