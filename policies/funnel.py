@@ -21,6 +21,7 @@ logged (never returned), so that uplift is measured against what control would h
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -244,10 +245,10 @@ def decide(
             verdicts[a.id] = Verdict(a.id, "ineligible", f"rule could not be evaluated: {exc}")
             continue
         if not holds:
-            verdicts[a.id] = Verdict(a.id, "ineligible", "rule does not hold")
+            verdicts[a.id] = _fixed_verdict(a.id, "ineligible", "rule does not hold")
             continue
         if a.consent is not None and not situation.features.get("consent", {}).get(a.consent, False):
-            verdicts[a.id] = Verdict(a.id, "no_consent", f"no {a.consent} consent")
+            verdicts[a.id] = _fixed_verdict(a.id, "no_consent", f"no {a.consent} consent")
             continue
         blocked = _contact_policy(action, catalogue, situation)
         if blocked is not None:
@@ -305,6 +306,13 @@ def decide(
         assigned_holdouts=assigned_holdouts,
         model_version=scorer.version,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _fixed_verdict(action_id: str, status: Status, reason: str) -> Verdict:
+    """A verdict with nothing of the decision in it, made once: most of a decision's verdicts are these
+    (a frozen dataclass sets each field through ``object.__setattr__``)."""
+    return Verdict(action_id, status, reason)
 
 
 def not_offered(catalogue: Catalogue, placement: str) -> Mapping[str, Verdict]:
