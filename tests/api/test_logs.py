@@ -4,8 +4,10 @@ lines, and no raw personal data anywhere (app/logging.py)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -159,6 +161,10 @@ async def test_a_flow_logs_one_decision_each_with_request_ids_and_no_raw_persona
         "level": "info",
         "timestamp": "",
     }
+    # ISO 8601 in UTC to the microsecond, and the time the line was written (the clock is simulated).
+    for line in lines:
+        stamped = datetime.strptime(line["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        assert abs(stamped.timestamp() - time.time()) < 300, line
     assert by_id[fallback_id]["fallback"] is True
     assert (by_id[fallback_id]["reason"], by_id[fallback_id]["level"]) == ("store", "warning")
     assert by_id[fallback_id]["request_id"] == fallback.headers["x-request-id"]
