@@ -183,23 +183,39 @@ _WINDOW_NAMES: Final = tuple(w.name for w in WINDOWS)
 
 def window_counts(windows: Mapping[str, str], now_ms: int) -> dict[str, dict[str, int]]:
     """Sum bucketed counters into ``{type: {window name: count}}`` as of ``now_ms``."""
-    # Every decision reads a profile's buckets (tens of them): summed in lists, named once per type.
-    oldest = {w.code: now_ms // w.bucket_ms - w.buckets for w in WINDOWS}
-    index = _WINDOW_INDEX
+    # Every decision reads a profile's buckets (tens of them): summed in lists, named once per type, and
+    # each bucket's name parsed once per process (the buckets of a moment are the same for everyone).
+    oldest = [now_ms // w.bucket_ms - w.buckets for w in WINDOWS]
+    parsed = _BUCKETS
+    if len(parsed) > _BUCKETS_KEPT:
+        parsed.clear()
     sums: dict[str, list[int]] = {}
     for name, value in windows.items():
-        head, _, event_type = name.partition(":")
-        code = head[:1]
-        first = oldest.get(code)
-        if first is None or int(head[1:]) < first:
+        bucket = parsed.get(name)
+        if bucket is None:
+            bucket = parsed[name] = _bucket(name)
+        index, number, event_type = bucket
+        if index < 0 or number < oldest[index]:
             continue
         per_type = sums.get(event_type)
         if per_type is None:
             per_type = sums[event_type] = [0] * len(WINDOWS)
-        per_type[index[code]] += int(value)
+        per_type[index] += int(value)
     return {
         event_type: dict(zip(_WINDOW_NAMES, per_type, strict=True)) for event_type, per_type in sums.items()
     }
+
+
+def _bucket(name: str) -> tuple[int, int, str]:
+    """A window field's window (its index in WINDOWS, -1 for none known), bucket number and event type."""
+    head, _, event_type = name.partition(":")
+    index = _WINDOW_INDEX.get(head[:1], -1)
+    return (index, int(head[1:]), event_type) if index >= 0 else (-1, 0, event_type)
+
+
+# Window field names seen, parsed; cleared when it holds more than the buckets of a month of many types.
+_BUCKETS: Final[dict[str, tuple[int, int, str]]] = {}
+_BUCKETS_KEPT: Final = 100_000
 
 
 def stage(p: Mapping[str, str], cart_lines: int, now_ms: int, rules: StageRules = StageRules()) -> str:
