@@ -99,9 +99,15 @@ def _lua(name: str) -> str:
 
 
 def _apply_source() -> str:
-    """``apply.lua`` with profile.py's windows written in, so that no call has to parse them."""
+    """``apply.lua`` with profile.py's windows and the start of an anonymous visitor's keys written in,
+    so that no call has to send or parse them."""
     windows = ", ".join(f'"{w.code}", {w.bucket_ms}, {w.buckets}' for w in WINDOWS)
-    return _lua("apply.lua").replace("{WINDOWS_FROM_PROFILE_PY}", "{" + windows + "}")
+    anonymous = json.dumps(keys.anonymous("").tag.removesuffix("}"))  # "nba:{a:", a Lua string too
+    return (
+        _lua("apply.lua")
+        .replace("{WINDOWS_FROM_PROFILE_PY}", "{" + windows + "}")
+        .replace("{ANONYMOUS_FROM_KEYS_PY}", anonymous)
+    )
 
 
 def target(event: Event) -> ProfileKeys:

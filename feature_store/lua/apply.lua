@@ -30,8 +30,10 @@ local read_back = ARGV[4] == "1"
 local p, w, cart, r, d, s, k, pu, alias = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
   KEYS[8], KEYS[9]
 local FIRST_EVENT, PER_EVENT = 6, 5
+local ANONYMOUS_TAG = {ANONYMOUS_FROM_KEYS_PY} -- how an anonymous visitor's keys begin (keys.py)
 
-local linked = redis.call("GET", alias)
+-- Only an anonymous id can be linked to a customer: a customer's alias key is never written.
+local linked = string.find(alias, ANONYMOUS_TAG, 1, true) == 1 and redis.call("GET", alias)
 if linked then
   -- A link lives as long as it is used: renew it like any other key of the customer.
   redis.call("PEXPIRE", alias, ttl)
@@ -255,7 +257,7 @@ if #ARGV >= FIRST_EVENT then
       for j = 1, #WINDOWS, 3 do
         local bucket = math.floor(t / WINDOWS[j + 1])
         if bucket >= oldest[j] then
-          local field = string.format("%s%d:%s", WINDOWS[j], bucket, y)
+          local field = WINDOWS[j] .. bucket .. ":" .. y -- a bucket number has no fraction
           window_adds[field] = (window_adds[field] or 0) + 1
         end
       end
