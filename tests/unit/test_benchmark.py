@@ -226,3 +226,22 @@ def test_the_plot_of_a_run_of_one_scenario_says_the_other_panel_was_not_measured
     out = tmp_path / "plot.png"
     plot(out, figures)
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_instruction_counts_use_the_wire_benchmarks_batches(tmp_path: Path) -> None:
+    """load_tests/bench_instructions.py: 500 events of 500 distinct customers in the shop mix, ids
+    unique per batch; and the count it reads is callgrind's summary of the dump, not the final file's."""
+    from load_tests.bench_instructions import _dumped, events_body
+
+    first, second = (json.loads(events_body(n, 1_000))["events"] for n in (0, 1))
+    assert len(first) == 500
+    assert len({e["customer_id"] for e in first}) == 500
+    assert {e["customer_id"] for e in first + second} <= {f"i-c-{i}" for i in range(1_000)}
+    assert not {e["event_id"] for e in first} & {e["event_id"] for e in second}
+    types = [e["type"] for e in first]
+    assert (types.count("page_view"), types.count("add_to_cart")) == (250, 25)
+
+    out = tmp_path / "redis.callgrind"
+    out.write_text("summary: 999\n")  # written at exit: everything, start-up included
+    (tmp_path / "redis.callgrind.1").write_text("events: Ir\nsummary: 1234\ntotals: 1234\n")
+    assert _dumped(out) == 1234
