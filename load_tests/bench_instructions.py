@@ -18,10 +18,11 @@ requests (``callgrind_control`` zeroes the counts before them and dumps them aft
   quarter of the calls renew the profile's expiries, as under the benchmark's load);
 * ``event_new``: the same for customers seen for the first time.
 
-Redis runs with its append-only file, as the embedded default does. Needs valgrind (``apt-get
-install valgrind``); each figure takes about a minute. ``--compare REV [REV ...]`` measures git
-revisions of this repository, each in its own worktree, side by side: how docs/performance.md says
-what a change bought in instructions.
+Redis runs with its append-only file, as the embedded default does. ``--events-per-customer N`` puts
+N events of one customer in a row in each batch (one script call applies them together). Needs
+valgrind (``apt-get install valgrind``); each figure takes about a minute. ``--compare REV [REV ...]``
+measures git revisions of this repository, each in its own worktree, side by side: how
+docs/performance.md says what a change bought in instructions.
 """
 
 from __future__ import annotations
@@ -49,11 +50,12 @@ _KINDS = (
 )
 
 
-def events_body(batch: int, pool: int) -> bytes:
-    """500 events for 500 distinct customers of ``pool``, ids unique per batch."""
+def events_body(batch: int, pool: int, per_customer: int = 1) -> bytes:
+    """500 events, ``per_customer`` in a row for each customer drawn from ``pool``; ids unique per batch."""
     cursor, events = batch * 100_003 % pool, []
     for k in range(500):
-        cursor = (cursor + 7919) % pool
+        if k % per_customer == 0:
+            cursor = (cursor + 7919) % pool
         events.append({"event_id": f"i-{batch}-{k}", "customer_id": f"i-c-{cursor}", **_KINDS[k % 100]})
     return json.dumps({"events": events}).encode()
 
@@ -103,7 +105,7 @@ async def _decides(history: bool, count: int) -> None:
             _toggle(os.getpid(), "-d")
 
 
-async def _events(url: str, redis_pid: int, new: bool, batches: int) -> None:
+async def _events(url: str, redis_pid: int, new: bool, batches: int, per_customer: int) -> None:
     """Ingest ``batches`` batches to warm up, then as many between zeroing Redis's counts and dumping."""
     from asgi_lifespan import LifespanManager
 
@@ -121,7 +123,7 @@ async def _events(url: str, redis_pid: int, new: bool, batches: int) -> None:
             if n == batches:
                 _toggle(redis_pid, "-z")
             now[0] += 7.5
-            if await call("/v1/events", events_body(n, pool)) != 202:
+            if await call("/v1/events", events_body(n, pool, per_customer)) != 202:
                 raise SystemExit("a batch was not accepted")
         _toggle(redis_pid, "-d")
 
@@ -149,7 +151,7 @@ def _redis_under_callgrind(folder: Path) -> tuple[subprocess.Popen[bytes], str, 
     raise SystemExit("redis-server did not start under valgrind within a minute")
 
 
-def child(figure: str, count: int) -> None:
+def child(figure: str, count: int, per_customer: int = 1) -> None:
     """Run in a process of its own (under callgrind for the decide figures); prints the events' figure."""
     import uvloop
 
@@ -159,14 +161,14 @@ def child(figure: str, count: int) -> None:
     with tempfile.TemporaryDirectory(prefix="nba-instructions-") as folder:
         server, url, out = _redis_under_callgrind(Path(folder))
         try:
-            uvloop.run(_events(url, server.pid, figure == "event_new", count))
+            uvloop.run(_events(url, server.pid, figure == "event_new", count, per_customer))
         finally:
             server.terminate()
             server.wait(timeout=60)
         print(json.dumps({figure: round(_dumped(out) / (count * 500))}))
 
 
-def measure(tree: Path, decides: int, batches: int) -> dict[str, int]:
+def measure(tree: Path, decides: int, batches: int, per_customer: int = 1) -> dict[str, int]:
     """The four figures for the code in ``tree``."""
     figures: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="nba-instructions-") as folder:
@@ -179,8 +181,9 @@ def measure(tree: Path, decides: int, batches: int) -> dict[str, int]:
                 figures[figure] = round(_dumped(out) / decides)
             else:
                 done = subprocess.run(
-                    [*command, str(batches)], check=True, capture_output=True, text=True, cwd=tree
-                )
+                    [*command, str(batches), str(per_customer)],
+                    check=True, capture_output=True, text=True, cwd=tree,
+                )  # fmt: skip
                 figures.update(json.loads(done.stdout.strip().splitlines()[-1]))
     return figures
 
@@ -192,7 +195,7 @@ sys.path.insert(0, sys.argv[1])
 spec = importlib.util.spec_from_file_location("bench_instructions_driver", {str(Path(__file__).resolve())!r})
 driver = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(driver)
-driver.child(sys.argv[2], int(sys.argv[3]))
+driver.child(sys.argv[2], *map(int, sys.argv[3:]))
 """
 
 
@@ -200,12 +203,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decides", type=int, default=300, help="measured decisions per figure")
     parser.add_argument("--batches", type=int, default=8, help="measured batches of 500 events per figure")
+    parser.add_argument(
+        "--events-per-customer",
+        type=int,
+        default=1,
+        choices=range(1, 501),
+        metavar="N",
+        help="events of one customer in a row in each batch (default 1: 500 customers a batch)",
+    )
     parser.add_argument("--compare", nargs="+", metavar="REV", help="git revisions to measure instead")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind and callgrind_control: apt-get install valgrind")
     if not args.compare:
-        print(json.dumps({"revision": "working tree", **measure(ROOT, args.decides, args.batches)}))
+        figures = measure(ROOT, args.decides, args.batches, args.events_per_customer)
+        print(json.dumps({"revision": "working tree", **figures}))
         return
     with tempfile.TemporaryDirectory(prefix="nba-instructions-") as folder:
         trees: list[tuple[str, Path]] = []
@@ -217,7 +229,8 @@ def main() -> None:
                 )
                 trees.append((rev, tree))
             for rev, tree in trees:
-                print(json.dumps({"revision": rev, **measure(tree, args.decides, args.batches)}), flush=True)
+                figures = measure(tree, args.decides, args.batches, args.events_per_customer)
+                print(json.dumps({"revision": rev, **figures}), flush=True)
         finally:
             for _, tree in trees:
                 subprocess.run(

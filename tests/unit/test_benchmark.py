@@ -240,6 +240,9 @@ def test_instruction_counts_use_the_wire_benchmarks_batches(tmp_path: Path) -> N
     assert not {e["event_id"] for e in first} & {e["event_id"] for e in second}
     types = [e["type"] for e in first]
     assert (types.count("page_view"), types.count("add_to_cart")) == (250, 25)
+    grouped = [e["customer_id"] for e in json.loads(events_body(0, 1_000, 5))["events"]]
+    assert len(set(grouped)) == 100
+    assert all(len(set(grouped[i : i + 5])) == 1 for i in range(0, 500, 5))
 
     out = tmp_path / "redis.callgrind"
     out.write_text("summary: 999\n")  # written at exit: everything, start-up included
