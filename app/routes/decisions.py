@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,7 +30,14 @@ router = APIRouter(prefix="/v1", tags=["decisions"], dependencies=[Depends(requi
 )
 async def post_decide(body: DecideIn, services: ServicesDep) -> Any:
     """Within the decision budget, or the placement's fallback with ``fallback: true``."""
-    return JSONResponse(await services.decide(body))
+    return _answer(await services.decide(body))
+
+
+def _answer(content: dict[str, Any]) -> Response:
+    """A decision's answer, the same whichever way the request came (the route or FastDecide): what
+    JSONResponse would send, encoded by orjson (as the decision records are). Keys that are not strings
+    (a catalogue payload's, from YAML) become strings, as json.dumps makes them."""
+    return Response(orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS), media_type="application/json")
 
 
 @router.post(
@@ -83,10 +90,7 @@ class FastDecide:
         scope["route"] = self.route  # what the router would record: HttpMetrics labels by it
         response: Response
         try:
-            # What JSONResponse would send, encoded by orjson (as the decision records are): keys that
-            # are not strings (a catalogue payload's, from YAML) become strings, as json.dumps makes them.
-            content = orjson.dumps(await services.decide(body), option=orjson.OPT_NON_STR_KEYS)
-            response = Response(content, media_type="application/json")
+            response = _answer(await services.decide(body))
         except errors.ApiError as exc:
             response = errors.answer(exc)
         await response(scope, receive, send)
