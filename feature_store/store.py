@@ -1,11 +1,13 @@
 """The profile store: events in, profiles out, in as few Redis round trips as the work allows.
 
 * An event, or a batch of events for one customer, costs one round trip (``apply.lua``). A batch for
-  many customers costs one round trip for all of them: one script call per customer (and per
-  ``CHUNK_EVENTS`` of its events), each touching that customer's keys only, so one Redis Cluster slot,
-  all sent in one write and their replies read back in order. Plus one more round trip when some events
-  name an anonymous id that was already linked to a customer: the script answers with the customer id
-  and those events are re-sent there.
+  many customers costs one round trip for all of them: script calls of up to ``CHUNK_EVENTS`` events
+  each, every call applying several customers in turn (a customer's events in one piece per call), all
+  sent in one write and their replies read back in order. A script call costs Redis more than most of
+  the events in it, so the fewer calls the better; with ``StoreConfig.calls_by_slot`` only customers of
+  one Redis Cluster slot share a call. Plus one more round trip when some events name an anonymous id
+  that was already linked to a customer: the script answers with the customer id and those events are
+  re-sent there.
 * Reading a profile is the same script with no events (one round trip; two through a linked
   anonymous id).
 * Linking and erasing are rare administrative writes and take a few round trips each; both are safe
@@ -29,6 +31,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 
 from feature_store import keys
 from feature_store.errors import IdentityConflict, StoreUnavailable
@@ -66,6 +69,9 @@ class StoreConfig:
     contacts_ms: int = CONTACT_HISTORY_MS
     decision_ttl_ms: int = 7 * 86_400_000
     log_max: int = 1_000_000
+    # Only profiles of one Redis Cluster slot share a script call (a cluster refuses a call whose keys
+    # span slots). Off on a single Redis, where any profiles may share one, which costs it far less.
+    calls_by_slot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,14 +105,15 @@ def _lua(name: str) -> str:
 
 
 def _apply_source() -> str:
-    """``apply.lua`` with profile.py's windows and the start of an anonymous visitor's keys written in,
-    so that no call has to send or parse them."""
+    """``apply.lua`` with profile.py's windows, the start of an anonymous visitor's keys and the number
+    of keys per profile written in, so that no call has to send or parse them."""
     windows = ", ".join(f'"{w.code}", {w.bucket_ms}, {w.buckets}' for w in WINDOWS)
     anonymous = json.dumps(keys.anonymous("").tag.removesuffix("}"))  # "nba:{a:", a Lua string too
     return (
         _lua("apply.lua")
         .replace("{WINDOWS_FROM_PROFILE_PY}", "{" + windows + "}")
         .replace("{ANONYMOUS_FROM_KEYS_PY}", anonymous)
+        .replace("{KEYS_PER_PROFILE_FROM_KEYS_PY}", str(KEYS_PER_PROFILE))
     )
 
 
@@ -181,6 +188,24 @@ def _chunks(groups: dict[ProfileKeys, list[Event]]) -> list[tuple[ProfileKeys, l
         for profile_keys, events in groups.items()
         for start in range(0, len(events), CHUNK_EVENTS)
     ]
+
+
+def _calls(chunks: Sequence[tuple[ProfileKeys, Sequence[Event]]], by_slot: bool) -> list[list[int]]:
+    """Which chunks each script call applies, in order: up to ``CHUNK_EVENTS`` events a call (a read
+    counts as one); with ``by_slot``, only profiles of one Redis Cluster slot share a call. A profile's
+    later chunk always lands in a later call, or later in the same one."""
+    calls: list[list[int]] = []
+    filling: dict[int, tuple[list[int], int]] = {}  # by slot: the call being filled, its events
+    for i, (profile_keys, events) in enumerate(chunks):
+        slot = key_slot(profile_keys.tag.encode()) if by_slot else 0
+        size = max(1, len(events))
+        call, held = filling.get(slot, (None, CHUNK_EVENTS))
+        if call is None or held + size > CHUNK_EVENTS:
+            call, held = [], 0
+            calls.append(call)
+        call.append(i)
+        filling[slot] = (call, held + size)
+    return calls
 
 
 @asynccontextmanager
@@ -567,31 +592,34 @@ class ProfileStore:
         read: bool,
         trigger_ops: Sequence[TriggerOp] = (),
     ) -> list[tuple[ProfileKeys, Any]]:
-        """Run ``apply.lua`` for every call in one pipelined round trip; re-send on NOSCRIPT. The trigger
-        ops go in the same round trip, once (repeating them would change nothing)."""
+        """Run ``apply.lua`` for every profile's events in one pipelined round trip, several profiles to a
+        script call; re-send on NOSCRIPT. The trigger ops go in the same round trip, once (repeating them
+        would change nothing)."""
         from feature_store.triggers import SCHEDULE_KEYS, SCHEDULE_SOURCE, schedule_args
 
         config, now_ms = self._config, self.now_ms()
         schedule = schedule_args(trigger_ops, now_ms - config.dedupe_window_ms)
         head = [str(now_ms), str(config.profile_ttl_ms), str(config.dedupe_window_ms), "1" if read else "0"]
         head.append(str(config.contacts_ms))
-        # One script call per profile: each touches one hash tag, so one Redis Cluster slot.
+        groups = _calls(calls, config.calls_by_slot)
         packed: list[list[str]] = []
-        for profile_keys, batch in calls:
-            keys_and_args = profile_keys.script_keys()
-            keys_and_args += head
-            for event in batch:
-                keys_and_args += script_args(event)
-            packed.append(keys_and_args)
-        results: list[Any] = [None] * len(packed)
-        pending = list(range(len(packed)))
+        for group in groups:
+            script_keys: list[str] = []
+            args = head.copy()
+            for i in group:
+                profile_keys, batch = calls[i]
+                script_keys += profile_keys.script_keys()
+                args.append(str(len(batch)))
+                for event in batch:
+                    args += script_args(event)
+            packed.append([str(len(script_keys)), *script_keys, *args])
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(groups)))
         async with translated():
             for _ in range(2):
                 if self._apply_sha is None:
                     await self._load_apply()
-                commands: list[tuple[Any, ...]] = [
-                    ("EVALSHA", self._apply_sha, KEYS_PER_PROFILE, *packed[i]) for i in pending
-                ]
+                commands: list[tuple[Any, ...]] = [("EVALSHA", self._apply_sha, *packed[g]) for g in pending]
                 if schedule:
                     commands.append(("EVAL", SCHEDULE_SOURCE, 2, *SCHEDULE_KEYS, *schedule))
                 replies = await self._pipelined(commands)
@@ -600,13 +628,14 @@ class ProfileStore:
                         raise replies[-1]
                     replies, schedule = replies[:-1], []
                 missing = []
-                for i, reply in zip(pending, replies, strict=True):
+                for g, reply in zip(pending, replies, strict=True):
                     if isinstance(reply, rx.NoScriptError):
-                        missing.append(i)
+                        missing.append(g)
                     elif isinstance(reply, Exception):
                         raise reply
                     else:
-                        results[i] = reply
+                        for i, result in zip(groups[g], reply, strict=True):
+                            results[i] = result
                 if not missing:
                     break
                 # Redis restarted and lost its script cache; nothing of these calls ran.

@@ -17,8 +17,9 @@ from redis.asyncio.connection import Connection
 from redis.crc import key_slot
 
 from feature_store import Event, IdKind, ProfileStore
-from feature_store.keys import TRIGGERS_DUE
+from feature_store.keys import KEYS_PER_PROFILE, TRIGGERS_DUE
 from feature_store.multiplex import _Link
+from feature_store.store import StoreConfig
 from tests.conftest import AppFactory, Clock
 
 
@@ -78,25 +79,76 @@ async def test_a_batch_of_1000_events_for_300_customers_is_one_round_trip(
     assert profile.counts["page_view"].total == len([i for i in range(1000) if i % 300 == 7])
 
 
-async def test_each_script_call_touches_one_profile_so_one_cluster_slot(
-    store: ProfileStore, clock: Clock, wire: Wire
-) -> None:
-    """A batch for many customers is one write, holding one script call per profile (and per 100 events
-    of a profile), whose keys all share the profile's hash tag: what Redis Cluster requires."""
+def script_calls(request: bytes) -> list[tuple[list[bytes], list[bytes]]]:
+    """The ``apply.lua`` calls in one write: each one's keys and arguments."""
+    reader = hiredis.Reader()
+    reader.feed(request)
+    calls = []
+    while (command := reader.gets()) is not False:
+        if command[0] == b"EVALSHA":
+            count = int(command[2])
+            calls.append((command[3 : 3 + count], command[3 + count :]))
+    return calls
+
+
+def events_in(args: list[bytes]) -> int:
+    """How many events one call of ``apply.lua`` carries: after five head arguments, each profile's
+    count of events and five arguments per event."""
+    at, events = 5, 0
+    while at < len(args):
+        count = int(args[at])
+        events += count
+        at += 1 + 5 * count
+    return events
+
+
+def busy_batch(clock: Clock) -> list[Event]:
+    """30 customers with 10 events each, 5 visitors with one, and a customer with 250."""
     batch = [page_view(clock, f"c-{i % 30}", event_id=f"e-{i}") for i in range(300)]
     batch += [Event("page_view", int(clock.now * 1000), anonymous_id=f"v-{i}") for i in range(5)]
     batch += [page_view(clock, "c-busy", event_id=f"b-{i}") for i in range(250)]
+    return batch
+
+
+async def test_a_script_call_applies_many_profiles_up_to_100_events(
+    store: ProfileStore, clock: Clock, wire: Wire
+) -> None:
+    """On a single Redis any profiles share a call: a call costs Redis more than most events in it."""
+    batch = busy_batch(clock)
     assert (await store.ingest(batch)).accepted == len(batch)
     [request] = wire.writes
-    reader = hiredis.Reader()
-    reader.feed(request)
-    scripts = []
-    while (command := reader.gets()) is not False:
-        if command[0] == b"EVALSHA":
-            scripts.append(command[3 : 3 + int(command[2])])
-    assert len(scripts) == 30 + 5 + 3
-    for script_keys in scripts:
-        assert len({key_slot(key) for key in script_keys}) == 1, script_keys
+    calls = script_calls(request)
+    assert [events_in(args) for _keys, args in calls] == [100, 100, 100, 5, 100, 100, 50]
+    assert len(calls[0][0]) == 10 * KEYS_PER_PROFILE
+    profile = await store.profile("c-busy")
+    assert profile is not None
+    assert profile.counts["page_view"].total == 250
+    profile = await store.profile("c-29")
+    assert profile is not None
+    assert profile.counts["page_view"].total == 10
+
+
+async def test_calls_by_slot_keep_each_script_call_in_one_cluster_slot(
+    redis_url: str, clock: Clock, wire: Wire
+) -> None:
+    """What Redis Cluster requires: every key of a call in one slot (profiles of one slot may share)."""
+    store = ProfileStore.connect(redis_url, StoreConfig(calls_by_slot=True), clock=clock)
+    try:
+        await store.load_scripts()
+        batch = busy_batch(clock)
+        before = wire.sent
+        assert (await store.ingest(batch)).accepted == len(batch)
+        [request] = wire.writes[before:]
+        calls = script_calls(request)
+        assert 30 + 5 + 3 >= len(calls) > 30
+        for script_keys, args in calls:
+            assert len({key_slot(key) for key in script_keys}) == 1, script_keys
+            assert events_in(args) <= 100
+        profile = await store.profile("c-busy")
+        assert profile is not None
+        assert profile.counts["page_view"].total == 250
+    finally:
+        await store.aclose()
 
 
 async def test_reading_a_profile_is_one_round_trip(store: ProfileStore, clock: Clock, wire: Wire) -> None:
