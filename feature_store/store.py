@@ -601,7 +601,7 @@ class ProfileStore:
         schedule = schedule_args(trigger_ops, now_ms - config.dedupe_window_ms)
         head = [str(now_ms), str(config.profile_ttl_ms), str(config.dedupe_window_ms), "1" if read else "0"]
         head.append(str(config.contacts_ms))
-        groups = [[0]] if len(calls) == 1 else _calls(calls, config.calls_by_slot)  # a decision: one
+        groups = _calls(calls, config.calls_by_slot)
         packed: list[list[str]] = []
         for group in groups:
             script_keys: list[str] = []

@@ -330,7 +330,7 @@ local function apply(kb, first, last)
           for i = 1, #stale, 1000 do
             redis.call("HDEL", w, unpack(stale, i, math.min(i + 999, #stale)))
           end
-          redis.call("ZREMRANGEBYSCORE", d, "-inf", "(" .. string.format("%.0f", cutoff))
+          redis.call("ZREMRANGEBYSCORE", d, "-inf", "(" .. fmt(cutoff))
         end
         for _, key in ipairs({p, w, cart, r, d, s, k, pu}) do
           redis.call("PEXPIRE", key, ttl)
@@ -349,7 +349,7 @@ local function apply(kb, first, last)
   if read_back then
     return {"ok", accepted, duplicates, redis.call("HGETALL", p), redis.call("HGETALL", w),
       redis.call("HGETALL", cart), redis.call("ZRANGE", r, 0, -1, "WITHSCORES"), redis.call("SMEMBERS", s),
-      redis.call("ZRANGEBYSCORE", k, "(" .. string.format("%.0f", now - tonumber(ARGV[5])), "+inf",
+      redis.call("ZRANGEBYSCORE", k, "(" .. fmt(now - tonumber(ARGV[5])), "+inf",
         "WITHSCORES")}
   end
   return {"ok", accepted, duplicates}
