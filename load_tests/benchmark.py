@@ -538,6 +538,7 @@ class Bench:
         self._wait_for_quiet()
         self.meter.start()
         ticks = {pid: _process_ticks(pid) for pid in self.roles}
+        waited = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's, once it is waited for
         started = time.monotonic()
         try:
             done = subprocess.run(
@@ -551,10 +552,15 @@ class Bench:
         except subprocess.TimeoutExpired as exc:
             raise BenchmarkError(f"wrk did not finish within {duration_s + 60} s") from exc
         other = self.meter.other_cores()
-        seconds = (time.monotonic() - started) * os.sysconf("SC_CLK_TCK")
+        elapsed = time.monotonic() - started
+        seconds = elapsed * os.sysconf("SC_CLK_TCK")
         cores: dict[str, float] = {}
         for pid, name in self.roles.items():
             cores[name] = round(cores.get(name, 0.0) + (_process_ticks(pid) - ticks[pid]) / seconds, 2)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # The load generator shares a core with Redis (one worker): its share is part of the picture.
+        spent = usage.ru_utime + usage.ru_stime - waited.ru_utime - waited.ru_stime
+        cores["wrk"] = round(spent / elapsed, 2)
         if done.returncode != 0:
             raise BenchmarkError(f"wrk failed ({done.returncode}): {done.stderr[-2000:]}")
         return parse_wrk(done.stdout), other, cores
