@@ -8,7 +8,8 @@ key                         type    holds                                       
 ==========================  ======  =====================================================  ==========
 ``nba:{c:ID}:p``            hash    scalars: counters, last-seen per type, cart and         inactivity
                                     purchase facts, consent, attributes (see profile.py)
-``nba:{c:ID}:w``            hash    windowed counters, one field per (window, type, bucket) inactivity
+``nba:{c:ID}:w``            hash    windowed counters, one field per (bucket, type); the    inactivity
+                                    windows' buckets nest (profile.py)
 ``nba:{c:ID}:cart``         hash    item id -> "quantity|price|changed_ms"                  inactivity
 ``nba:{c:ID}:r``            zset    the last 20 events, scored by event time (ms)          inactivity
 ``nba:{c:ID}:d``            zset    event ids (and order ids) seen, scored by arrival (ms)  inactivity;

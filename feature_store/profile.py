@@ -11,6 +11,17 @@ Each window is a ring of buckets: ``30m`` in 1-minute buckets, ``24h`` in 1-hour
 the last 30 to 31 minutes). Events land in the bucket of their own event time, so late events count
 where they belong, and events older than a window never enter it.
 
+The buckets nest: an event is counted once, in one bucket, and a bucket counts in every window whose
+bucket containing it is within that window. An event lands in the finest window it is within (a
+minute bucket, unless it is late), and a bucket that has left its own window is folded into the
+bucket of the next window that still holds it (``apply.lua``, at most once a minute per profile), or
+dropped when none does. The counts are the same as if every window had its own buckets, for a quarter
+of the writes per event (docs/performance.md).
+
+Profiles written before the buckets nested hold each event in a bucket of every window, under the
+windows' ``legacy_code``: such a bucket counts in its own window only, and is dropped once it leaves
+it, so none is left after 31 days.
+
 Journey stage
 -------------
 The first rule that holds, in this order (thresholds in :class:`StageRules`):
@@ -38,18 +49,20 @@ from feature_store.events import PropertyValue
 @dataclass(frozen=True, slots=True)
 class Window:
     name: str
-    code: str
+    code: str  # its buckets' fields begin with it ("M29345678:page_view")
     bucket_ms: int
     buckets: int
+    legacy_code: str  # the same, in the layout written before the buckets nested (see below)
 
 
+# Finest first; each bucket length divides the next, so that a bucket lies within one bucket of every
+# coarser window.
 WINDOWS: Final = (
-    Window("30m", "m", 60_000, 30),
-    Window("24h", "h", 3_600_000, 24),
-    Window("7d", "q", 21_600_000, 28),
-    Window("30d", "d", 86_400_000, 30),
+    Window("30m", "M", 60_000, 30, "m"),
+    Window("24h", "H", 3_600_000, 24, "h"),
+    Window("7d", "Q", 21_600_000, 28, "q"),
+    Window("30d", "D", 86_400_000, 30, "d"),
 )
-WINDOW_SPEC: Final = ",".join(f"{w.code}:{w.bucket_ms}:{w.buckets}" for w in WINDOWS)
 RECENT_EVENTS: Final = 20
 
 STAGES: Final = ("awareness", "consideration", "purchase", "retention", "loyalty", "lapsed")
@@ -177,14 +190,23 @@ def _stamped(value: str) -> tuple[int, str]:
     return int(stamp), rest
 
 
-_WINDOW_INDEX: Final = {w.code: i for i, w in enumerate(WINDOWS)}
+def bucket_field(time_ms: int, event_type: str, now_ms: int) -> str | None:
+    """The window field an event at ``time_ms`` adds to as of ``now_ms`` (as apply.lua does): the bucket
+    of the finest window it is within, ``None`` when it is within none."""
+    for w in WINDOWS:
+        number = time_ms // w.bucket_ms
+        if number >= now_ms // w.bucket_ms - w.buckets:
+            return f"{w.code}{number}:{event_type}"
+    return None
+
+
 _WINDOW_NAMES: Final = tuple(w.name for w in WINDOWS)
 
 
 def window_counts(windows: Mapping[str, str], now_ms: int) -> dict[str, dict[str, int]]:
     """Sum bucketed counters into ``{type: {window name: count}}`` as of ``now_ms``."""
-    # Every decision reads a profile's buckets (tens of them): summed in lists, named once per type, and
-    # each bucket's name parsed once per process (the buckets of a moment are the same for everyone).
+    # Every decision reads a profile's buckets: summed in lists, named once per type, and each bucket's
+    # name parsed once per process (the buckets of a moment are the same for everyone).
     oldest = [now_ms // w.bucket_ms - w.buckets for w in WINDOWS]
     parsed = _BUCKETS
     if len(parsed) > _BUCKETS_KEPT:
@@ -194,27 +216,46 @@ def window_counts(windows: Mapping[str, str], now_ms: int) -> dict[str, dict[str
         bucket = parsed.get(name)
         if bucket is None:
             bucket = parsed[name] = _bucket(name)
-        index, number, event_type = bucket
-        if index < 0 or number < oldest[index]:
-            continue
-        per_type = sums.get(event_type)
-        if per_type is None:
-            per_type = sums[event_type] = [0] * len(WINDOWS)
-        per_type[index] += int(value)
+        first, containing, event_type = bucket
+        # The first window whose bucket holding this one is within it, and every coarser one, count it.
+        for index in range(first, len(containing)):
+            if containing[index] >= oldest[index]:
+                per_type = sums.get(event_type)
+                if per_type is None:
+                    per_type = sums[event_type] = [0] * len(WINDOWS)
+                count = int(value)
+                for counted in range(index, len(containing)):
+                    per_type[counted] += count
+                break
     return {
         event_type: dict(zip(_WINDOW_NAMES, per_type, strict=True)) for event_type, per_type in sums.items()
     }
 
 
-def _bucket(name: str) -> tuple[int, int, str]:
-    """A window field's window (its index in WINDOWS, -1 for none known), bucket number and event type."""
+# A field's code: its window's index, and whether it is of the nested layout.
+_CODES: Final = {w.code: (i, True) for i, w in enumerate(WINDOWS)} | {
+    w.legacy_code: (i, False) for i, w in enumerate(WINDOWS)
+}
+
+
+def _bucket(name: str) -> tuple[int, tuple[int, ...], str]:
+    """A window field's first window (its index in WINDOWS), the number of the bucket holding it in
+    each window from there on (-1 where it does not count), and its event type. A field of no known
+    window counts nowhere."""
     head, _, event_type = name.partition(":")
-    index = _WINDOW_INDEX.get(head[:1], -1)
-    return (index, int(head[1:]), event_type) if index >= 0 else (-1, 0, event_type)
+    code = _CODES.get(head[:1])
+    if code is None:
+        return 0, (), event_type
+    index, nested = code
+    number = int(head[1:])
+    if not nested:  # the legacy layout: in its own window only
+        return index, (-1,) * index + (number,), event_type
+    start = number * WINDOWS[index].bucket_ms
+    return index, tuple(-1 if i < index else start // w.bucket_ms for i, w in enumerate(WINDOWS)), event_type
 
 
 # Window field names seen, parsed; cleared when it holds more than the buckets of a month of many types.
-_BUCKETS: Final[dict[str, tuple[int, int, str]]] = {}
+_BUCKETS: Final[dict[str, tuple[int, tuple[int, ...], str]]] = {}
 _BUCKETS_KEPT: Final = 100_000
 
 

@@ -107,7 +107,7 @@ def _lua(name: str) -> str:
 def _apply_source() -> str:
     """``apply.lua`` with profile.py's windows, the start of an anonymous visitor's keys and the number
     of keys per profile written in, so that no call has to send or parse them."""
-    windows = ", ".join(f'"{w.code}", {w.bucket_ms}, {w.buckets}' for w in WINDOWS)
+    windows = ", ".join(f'"{w.code}", {w.bucket_ms}, {w.buckets}, "{w.legacy_code}"' for w in WINDOWS)
     anonymous = json.dumps(keys.anonymous("").tag.removesuffix("}"))  # "nba:{a:", a Lua string too
     return (
         _lua("apply.lua")

@@ -22,11 +22,12 @@
 -- call and appends it to the AOF in a MULTI block), so one call takes many profiles. Then a redis.call
 -- costs more than anything else here, a write more than a read (it is appended to the AOF too), an
 -- expiry most; then allocations (tables, closures, strings) and numbers turned into text. So the
--- profile hash is read with one HMGET and written with one HSET, each window bucket takes one HINCRBY
--- (with the count of all the events it gains), the recent events one ZADD, an event id is checked and
--- recorded with one ZADD NX, and the code that only some types need is set up only when an event needs
--- it. Pruning (stale window buckets, event ids past the dedupe window) and renewing the expiry of every
--- key happen at most once a minute per profile (the "pruned" field says when). In between, only the
+-- profile hash is read with one HMGET and written with one HSET, an event counts in one window bucket
+-- (the windows nest: profile.py), each bucket takes one HINCRBY (with the count of all the events it
+-- gains), the recent events one ZADD, an event id is checked and recorded with one ZADD NX, and the
+-- code that only some types need is set up only when an event needs it. Pruning (folding window
+-- buckets into coarser ones, dropping event ids past the dedupe window) and renewing the expiry of
+-- every key happen at most once a minute per profile (the "pruned" field says when). In between, only the
 -- keys this call may have created get an expiry: the others got theirs less than a minute ago (and the
 -- inactivity TTL is at least a day), so all expire within a minute of each other.
 
@@ -36,16 +37,28 @@ local cutoff = now - tonumber(ARGV[3]) -- event ids seen before this count as ne
 local read_back = ARGV[4] == "1"
 local KEYS_PER_PROFILE, PER_EVENT = {KEYS_PER_PROFILE_FROM_KEYS_PY}, 5
 local ANONYMOUS_TAG = {ANONYMOUS_FROM_KEYS_PY} -- how an anonymous visitor's keys begin (keys.py)
--- The windows (profile.py WINDOWS), written in by store.py when it loads this script: code, bucket
--- length (ms) and the number of buckets before the current one that the window counts, for each.
-local WINDOWS = {WINDOWS_FROM_PROFILE_PY}
+-- The windows (profile.py WINDOWS, finest first), written in by store.py when it loads this script:
+-- code, bucket length (ms), the number of buckets before the current one that the window counts, and
+-- the code of its buckets in the layout before they nested (profile.py), for each.
+local WINDOWS, PER_WINDOW = {WINDOWS_FROM_PROFILE_PY}, 4
 local oldest = {} -- by window: the oldest bucket it counts
--- By window: the start of its bucket fields' names ("m29345678:"), by bucket number. The events of a
--- call fall in a few buckets, and a number turned into text costs more than the rest of the name.
-local prefixes = {}
-for j = 1, #WINDOWS, 3 do
+-- Field names, made once per call: a call's events fall in a few buckets and have a few types, and
+-- each name made is a new Lua string (hashed, interned, collected), a number turned into text more.
+-- By window: by bucket number, by type, the bucket's field ("M29345678:page_view").
+local bucket_fields = {}
+for j = 1, #WINDOWS, PER_WINDOW do
   oldest[j] = math.floor(now / WINDOWS[j + 1]) - WINDOWS[j + 2]
-  prefixes[j] = {}
+  bucket_fields[j] = {}
+end
+-- By type: its count's field in the profile hash ("n:page_view"); its last time's is "t:" .. type.
+local count_fields, time_fields = {}, {}
+local function type_fields(y)
+  local n = count_fields[y]
+  if not n then
+    n = "n:" .. y
+    count_fields[y], time_fields[y] = n, "t:" .. y
+  end
+  return n, time_fields[y]
 end
 
 -- unpack() takes a few thousand values at most: long argument lists go in slices (of pairs, for HSET).
@@ -100,9 +113,10 @@ local function apply(kb, first, last)
     local effects = false
     for base = first, last, PER_EVENT do
       local y = ARGV[base]
-      if not slot["n:" .. y] then
-        want("n:" .. y)
-        want("t:" .. y)
+      local n_field, t_field = type_fields(y)
+      if not slot[n_field] then
+        want(n_field)
+        want(t_field)
       end
       if ARGV[base + 4] ~= "" then
         local ev = cjson.decode(ARGV[base + 4])
@@ -124,7 +138,7 @@ local function apply(kb, first, last)
     local changed = {}
 
     -- Which keys may not have existed before this call (and so may have no expiry yet): d when an id was
-    -- recorded, w when none of the buckets written was there, cart and pu when written.
+    -- recorded, w when none of the buckets written was there before, cart and pu when written.
     local created = {}
 
     -- Whether an id was seen within the dedupe window (older ids are pruned lazily: see above).
@@ -264,22 +278,29 @@ local function apply(kb, first, last)
       else
         accepted = accepted + 1
         local t = tonumber(time)
-        local i = slot["n:" .. y] -- and "t:" .. y is the next
+        local i = slot[count_fields[y]] -- and its time field's is the next
         values[i], changed[i] = string.format("%d", (tonumber(values[i]) or 0) + 1), true
         local last = tonumber(values[i + 1])
         if not last or t > last then values[i + 1], changed[i + 1] = time, true end
         local first = tonumber(values[2])
         if not first or t < first then values[2], changed[2] = time, true end
-        for j = 1, #WINDOWS, 3 do
+        -- The event counts once, in the bucket of the finest window it is within: the coarser windows
+        -- count that bucket too (profile.py).
+        for j = 1, #WINDOWS, PER_WINDOW do
           local bucket = math.floor(t / WINDOWS[j + 1])
           if bucket >= oldest[j] then
-            local prefix = prefixes[j][bucket]
-            if not prefix then
-              prefix = WINDOWS[j] .. bucket .. ":" -- a bucket number has no fraction
-              prefixes[j][bucket] = prefix
+            local by_type = bucket_fields[j][bucket]
+            if not by_type then
+              by_type = {}
+              bucket_fields[j][bucket] = by_type
             end
-            local field = prefix .. y
+            local field = by_type[y]
+            if not field then
+              field = WINDOWS[j] .. bucket .. ":" .. y -- a bucket number has no fraction
+              by_type[y] = field
+            end
             window_adds[field] = (window_adds[field] or 0) + 1
+            break
           end
         end
         recent[#recent + 1] = time
@@ -303,7 +324,7 @@ local function apply(kb, first, last)
       sliced("HSET", p, flat)
 
       -- One HINCRBY per bucket beats reading and writing them back (it formats no numbers in Lua), and
-      -- tells whether w was there: a bucket that held more than this call added.
+      -- tells whether w was there: a bucket that held more than this call added (else it may have been).
       local existed = false
       for field, adds in pairs(window_adds) do
         local text = adds == 1 and "1" or string.format("%d", adds)
@@ -315,20 +336,41 @@ local function apply(kb, first, last)
       redis.call("ZREMRANGEBYRANK", r, "0", "-21")
 
       if tick then
-        -- Window buckets older than their window, and event ids older than the dedupe window, go. A
-        -- profile never pruned has had no event applied before this call, so has nothing stale.
+        -- A bucket that has left its window is folded into the bucket of the next window that still
+        -- holds it, or dropped when none does; a bucket of the legacy layout is dropped once it leaves
+        -- its window. Event ids older than the dedupe window go. A profile never pruned has had no event
+        -- applied before this call, so has nothing stale.
         if last_pruned then
-          local stale = {}
-          for _, field in ipairs(redis.call("HKEYS", w)) do
-            local code, bucket = string.match(field, "^(%a+)(%d+):")
-            local keep = false
-            for j = 1, #WINDOWS, 3 do
-              if code == WINDOWS[j] then keep = tonumber(bucket) >= oldest[j] end
+          local stale, folded, flat = {}, {}, redis.call("HGETALL", w)
+          for i = 1, #flat, 2 do
+            local field = flat[i]
+            local code, number, rest = string.match(field, "^(%a)(%d+)(:.*)$")
+            for j = 1, code and #WINDOWS or 0, PER_WINDOW do
+              if code == WINDOWS[j] or code == WINDOWS[j + 3] then
+                local bucket = tonumber(number)
+                if bucket < oldest[j] then
+                  stale[#stale + 1] = field
+                  if code == WINDOWS[j] then
+                    local start = bucket * WINDOWS[j + 1]
+                    for into = j + PER_WINDOW, #WINDOWS, PER_WINDOW do
+                      local holder = math.floor(start / WINDOWS[into + 1])
+                      if holder >= oldest[into] then
+                        local target = WINDOWS[into] .. fmt(holder) .. rest
+                        folded[target] = (folded[target] or 0) + tonumber(flat[i + 1])
+                        break
+                      end
+                    end
+                  end
+                end
+                break
+              end
             end
-            if code and not keep then stale[#stale + 1] = field end
           end
           for i = 1, #stale, 1000 do
             redis.call("HDEL", w, unpack(stale, i, math.min(i + 999, #stale)))
+          end
+          for target, count in pairs(folded) do
+            redis.call("HINCRBY", w, target, fmt(count))
           end
           redis.call("ZREMRANGEBYSCORE", d, "-inf", "(" .. fmt(cutoff))
         end
@@ -337,8 +379,9 @@ local function apply(kb, first, last)
         end
       else
         for key in pairs(created) do
-          -- d is there far more often than not: reading that it has an expiry costs less than renewing it.
-          if key ~= d or redis.call("PTTL", d) < 0 then
+          -- d and w are there far more often than not: reading that one has an expiry costs less than
+          -- renewing it.
+          if (key ~= d and key ~= w) or redis.call("PTTL", key) < 0 then
             redis.call("PEXPIRE", key, ttl)
           end
         end

@@ -53,14 +53,102 @@ async def test_windows_slide_as_time_passes(store: ProfileStore, clock: Clock) -
     assert await counts(store, "faq_view") == {"total": 3, "30m": 1, "24h": 1, "7d": 3, "30d": 3}
 
 
-async def test_stale_window_buckets_are_pruned(
+async def test_an_event_counts_in_one_bucket_and_stale_buckets_are_dropped(
     store: ProfileStore, clock: Clock, raw_redis: redis.Redis
 ) -> None:
+    windows = k.customer("c-1").windows
     await store.ingest([ev(clock, "page_view")])
-    assert raw_redis.hlen(k.customer("c-1").windows) == 4
+    minute = int(clock.now * 1000) // 60_000
+    assert raw_redis.hgetall(windows) == {f"M{minute}:page_view": "1"}
     clock.advance(40 * DAY)
     await store.ingest([ev(clock, "page_view")])
-    assert raw_redis.hlen(k.customer("c-1").windows) == 4
+    assert raw_redis.hgetall(windows) == {f"M{minute + 40 * 24 * 60}:page_view": "1"}
+
+
+async def test_a_bucket_that_left_its_window_is_folded_into_the_next_window_that_holds_it(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    windows = k.customer("c-1").windows
+    clock.now = clock.now // 86_400 * 86_400 + 10 * HOUR + 5  # 10:00:05 UTC: hours and minutes line up
+    await store.ingest([ev(clock, "page_view"), ev(clock, "page_view", 2), ev(clock, "faq_view")])
+    hour, minute = int(clock.now) // 3600, int(clock.now) // 60
+    clock.advance(45 * MINUTE)
+    await store.ingest([ev(clock, "page_view")])
+    assert raw_redis.hgetall(windows) == {
+        f"H{hour}:page_view": "2",
+        f"H{hour}:faq_view": "1",
+        f"M{minute + 45}:page_view": "1",
+    }
+    clock.advance(2 * DAY)
+    await store.ingest([ev(clock, "search")])
+    fields = raw_redis.hgetall(windows)
+    assert fields == {
+        f"Q{hour // 6}:page_view": "3",
+        f"Q{hour // 6}:faq_view": "1",
+        f"M{minute + 45 + 2 * 24 * 60}:search": "1",
+    }
+
+
+async def test_a_bucket_folded_at_the_edge_of_a_window_still_counts_in_it(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    clock.now = clock.now // 86_400 * 86_400 + 10 * HOUR + 5
+    await store.ingest([ev(clock, "page_view")])
+    hour = int(clock.now) // 3600
+    clock.advance(24 * HOUR)  # its hour is now the oldest the 24-hour window counts
+    await store.ingest([ev(clock, "faq_view")])
+    assert f"H{hour}:page_view" in raw_redis.hkeys(k.customer("c-1").windows)
+    assert await counts(store, "page_view") == {"total": 1, "30m": 0, "24h": 1, "7d": 1, "30d": 1}
+
+
+async def test_folded_buckets_count_as_every_window_did(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    # Events of every age, arriving over seven weeks at uneven gaps, read after every arrival: each count
+    # is the number of events whose bucket in that window is within it, whether or not their buckets were
+    # folded by then (a fold happens only when events arrive, at most once a minute).
+    import random
+
+    rng = random.Random(7)
+    windows = {"30m": (60, 30), "24h": (3600, 24), "7d": (21_600, 28), "30d": (86_400, 30)}
+    times: list[int] = []
+    for step in range(120):
+        clock.advance(rng.choice([0.5, 20, 5 * MINUTE, 40 * MINUTE, 3 * HOUR, 13 * HOUR, 2 * DAY]))
+        batch = []
+        for n in range(rng.randint(1, 3)):
+            age = rng.choice([0, 10, 45 * MINUTE, 5 * HOUR, 3 * DAY, 20 * DAY, 35 * DAY])
+            batch.append(ev(clock, "page_view", age, event_id=f"e-{step}-{n}"))
+            times.append(int((clock.now - age) * 1000))
+        await store.ingest(batch)
+        now_ms = int(clock.now * 1000)
+        expected = {
+            name: sum(1 for t in times if t // (size * 1000) >= now_ms // (size * 1000) - buckets)
+            for name, (size, buckets) in windows.items()
+        }
+        assert await counts(store, "page_view") == {"total": len(times), **expected}, step
+    assert raw_redis.hlen(k.customer("c-1").windows) < 40  # the folds keep it to a few buckets per window
+
+
+async def test_buckets_written_before_the_windows_nested_count_until_they_leave_their_window(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    # A profile written by the earlier layout: each event in a bucket of every window, codes in lower case.
+    await store.ingest([ev(clock, "page_view")])
+    earlier = int((clock.now - 2 * HOUR) * 1000)
+    legacy = {
+        f"{code}{earlier // ms}:page_view": "1"
+        for code, ms in (("m", 60_000), ("h", 3_600_000), ("q", 21_600_000), ("d", 86_400_000))
+    }
+    raw_redis.hset(k.customer("c-1").windows, mapping=legacy)
+    assert await counts(store, "page_view") == {"total": 1, "30m": 1, "24h": 2, "7d": 2, "30d": 2}
+    clock.advance(3 * DAY)
+    await store.ingest([ev(clock, "page_view")])
+    assert await counts(store, "page_view") == {"total": 2, "30m": 1, "24h": 1, "7d": 3, "30d": 3}
+    left = raw_redis.hkeys(k.customer("c-1").windows)
+    assert sorted(f[0] for f in left if f[0].islower()) == ["d", "q"]  # the minute and hour buckets left
+    clock.advance(40 * DAY)
+    await store.ingest([ev(clock, "page_view")])
+    assert all(f[0].isupper() for f in raw_redis.hkeys(k.customer("c-1").windows))
 
 
 async def test_cart_through_add_remove_checkout_and_purchase(store: ProfileStore, clock: Clock) -> None:

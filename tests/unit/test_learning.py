@@ -12,7 +12,7 @@ import pytest
 
 from app.services import _json, _logged_features
 from feature_store.features import NEVER, feature_names, features
-from feature_store.profile import DAY_MS, WINDOWS, RawProfile, decode
+from feature_store.profile import DAY_MS, RawProfile, bucket_field, decode
 from models.rewards import COUNTERFACTUAL, SERVED, Earned, Pending, at_close, from_outcome
 from models.snapshot import (
     COLD_BELOW,
@@ -322,7 +322,8 @@ def _as_logged(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _windows(event_type: str, count: int, at_ms: int) -> dict[str, str]:
-    return {f"{w.code}{at_ms // w.bucket_ms}:{event_type}": str(count) for w in WINDOWS}
+    field = bucket_field(at_ms, event_type, NOW)
+    return {} if field is None else {field: str(count)}
 
 
 def _recent(event_type: str, at_ms: int, **properties: Any) -> tuple[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -12,6 +13,8 @@ from feature_store.profile import (
     WINDOWS,
     RawProfile,
     StageRules,
+    Window,
+    bucket_field,
     decode,
     merge,
     stage,
@@ -24,8 +27,14 @@ NOW = 1_795_000_000_000 - 1_795_000_000_000 % DAY_MS + 13 * HOUR + 7 * MINUTE + 
 
 
 def buckets_for(time_ms: int, event_type: str = "page_view") -> dict[str, str]:
-    """The window fields one event at ``time_ms`` writes (as apply.lua does)."""
-    return {f"{w.code}{time_ms // w.bucket_ms}:{event_type}": "1" for w in WINDOWS}
+    """The window field one event at ``time_ms`` writes when it arrives at NOW (as apply.lua does)."""
+    field = bucket_field(time_ms, event_type, NOW)
+    return {} if field is None else {field: "1"}
+
+
+def legacy_buckets_for(time_ms: int, event_type: str = "page_view") -> dict[str, str]:
+    """The fields one event wrote before the windows nested: a bucket in every window."""
+    return {f"{w.legacy_code}{time_ms // w.bucket_ms}:{event_type}": "1" for w in WINDOWS}
 
 
 def add(*fields: dict[str, str]) -> dict[str, str]:
@@ -49,21 +58,52 @@ def add(*fields: dict[str, str]) -> dict[str, str]:
         (32 * DAY_MS, {"30m": 0, "24h": 0, "7d": 0, "30d": 0}),
     ],
 )
-def test_an_event_counts_in_the_windows_its_age_fits(age_ms: int, expected: dict[str, int]) -> None:
+@pytest.mark.parametrize("layout", [buckets_for, legacy_buckets_for], ids=["nested", "legacy"])
+def test_an_event_counts_in_the_windows_its_age_fits(
+    age_ms: int, expected: dict[str, int], layout: Callable[[int], dict[str, str]]
+) -> None:
     empty = {w.name: 0 for w in WINDOWS}
-    assert window_counts(buckets_for(NOW - age_ms), NOW).get("page_view", empty) == expected
+    assert window_counts(layout(NOW - age_ms), NOW).get("page_view", empty) == expected
 
 
+@pytest.mark.parametrize(
+    "age_ms", [0, 29 * MINUTE, 32 * MINUTE, 23 * HOUR, 26 * HOUR, 6 * DAY_MS, 8 * DAY_MS]
+)
+def test_an_event_counts_the_same_in_any_bucket_that_may_hold_it(age_ms: int) -> None:
+    # apply.lua folds a bucket into a coarser one at most once a minute, and only when events arrive: an
+    # event may still be in the bucket it landed in, or in any coarser one up to the finest that holds it
+    # now.
+    time_ms = NOW - age_ms
+    now_field = buckets_for(time_ms)
+    assert now_field
+    finest_now = next(i for i, w in enumerate(WINDOWS) if next(iter(now_field)).startswith(w.code))
+    expected = window_counts(now_field, NOW)
+    for w in WINDOWS[: finest_now + 1]:
+        assert window_counts({f"{w.code}{time_ms // w.bucket_ms}:page_view": "1"}, NOW) == expected, w.name
+
+
+@pytest.mark.parametrize("layout", [buckets_for, legacy_buckets_for], ids=["nested", "legacy"])
 @pytest.mark.parametrize("window", WINDOWS, ids=lambda w: w.name)
-def test_a_window_covers_at_least_its_length_and_at_most_one_bucket_more(window: object) -> None:
-    from feature_store.profile import Window
-
-    assert isinstance(window, Window)
+def test_a_window_covers_at_least_its_length_and_at_most_one_bucket_more(
+    window: Window, layout: Callable[[int], dict[str, str]]
+) -> None:
     length = window.bucket_ms * window.buckets
-    inside = window_counts(buckets_for(NOW - length), NOW)["page_view"][window.name]
-    beyond = window_counts(buckets_for(NOW - length - window.bucket_ms - 1), NOW)
+    inside = window_counts(layout(NOW - length), NOW)["page_view"][window.name]
+    beyond = window_counts(layout(NOW - length - window.bucket_ms - 1), NOW)
     assert inside == 1
     assert beyond.get("page_view", {}).get(window.name, 0) == 0
+
+
+def test_a_field_of_no_known_window_counts_nowhere() -> None:
+    assert window_counts({"x29345678:page_view": "3"}, NOW) == {}
+
+
+def test_the_layouts_add_up_in_a_profile_that_holds_both() -> None:
+    # A profile written before the windows nested, then after: each event is in one layout or the other.
+    fields = add(
+        legacy_buckets_for(NOW - 2 * HOUR), buckets_for(NOW - 5 * MINUTE), buckets_for(NOW - 3 * DAY_MS)
+    )
+    assert window_counts(fields, NOW)["page_view"] == {"30m": 1, "24h": 2, "7d": 3, "30d": 3}
 
 
 def test_windows_sum_per_type_and_ignore_other_types() -> None:
