@@ -296,15 +296,16 @@ class ProfileStore:
         accepted = duplicates = 0
         for attempt in range(2):
             chunks = _chunks(groups)
-            results = await self._apply(chunks, read=False, trigger_ops=trigger_ops)
+            replies = await self._apply(chunks, read=False, trigger_ops=trigger_ops)
             trigger_ops = ()  # applied; a redirected event is an anonymous one, which starts none
             redirected: dict[ProfileKeys, list[Event]] = {}
-            for (_, chunk), (_, result) in zip(chunks, results, strict=True):
-                if result[0] == "redirect":  # nothing of this chunk was applied: it goes to the customer
-                    redirected.setdefault(keys.customer(result[1]), []).extend(chunk)
-                else:
-                    accepted += int(result[1])
-                    duplicates += int(result[2])
+            for group, reply in replies:
+                accepted += int(reply[0])
+                duplicates += int(reply[1])
+                for i in range(2, len(reply), 2):
+                    # Nothing of this chunk was applied: it goes to the customer.
+                    _, chunk = chunks[group[int(reply[i]) - 1]]
+                    redirected.setdefault(keys.customer(reply[i + 1]), []).extend(chunk)
             if not redirected:
                 break
             # A redirect always lands on a customer id, and customer ids are never redirected.
@@ -329,10 +330,10 @@ class ProfileStore:
     async def _apply_and_read(
         self, profile_keys: ProfileKeys, events: Sequence[Event], trigger_ops: Sequence[TriggerOp] = ()
     ) -> Read:
-        [(_, result)] = await self._apply([(profile_keys, events)], read=True, trigger_ops=trigger_ops)
+        [(_, [result])] = await self._apply([(profile_keys, events)], read=True, trigger_ops=trigger_ops)
         if result[0] == "redirect":
             profile_keys = keys.customer(result[1])
-            [(_, result)] = await self._apply([(profile_keys, events)], read=True)
+            [(_, [result])] = await self._apply([(profile_keys, events)], read=True)
         raw = _raw(*result[3:7], aliases=frozenset(result[7]), contacts=_scored(result[8]))
         kind_name = "customer" if profile_keys.kind is IdKind.CUSTOMER else "anonymous"
         profile = None
@@ -591,10 +592,11 @@ class ProfileStore:
         *,
         read: bool,
         trigger_ops: Sequence[TriggerOp] = (),
-    ) -> list[tuple[ProfileKeys, Any]]:
+    ) -> list[tuple[list[int], Any]]:
         """Run ``apply.lua`` for every profile's events in one pipelined round trip, several profiles to a
         script call; re-send on NOSCRIPT. The trigger ops go in the same round trip, once (repeating them
-        would change nothing)."""
+        would change nothing). Returns each call's profiles (their places in ``calls``) and its reply
+        (apply.lua says what it holds)."""
         from feature_store.triggers import SCHEDULE_KEYS, SCHEDULE_SOURCE, schedule_args
 
         config, now_ms = self._config, self.now_ms()
@@ -613,7 +615,7 @@ class ProfileStore:
                 for event in batch:
                     args += script_args(event)
             packed.append([str(len(script_keys)), *script_keys, *args])
-        results: list[Any] = [None] * len(calls)
+        results: list[Any] = [None] * len(groups)
         pending = list(range(len(groups)))
         async with translated():
             for _ in range(2):
@@ -634,8 +636,7 @@ class ProfileStore:
                     elif isinstance(reply, Exception):
                         raise reply
                     else:
-                        for i, result in zip(groups[g], reply, strict=True):
-                            results[i] = result
+                        results[g] = reply
                 if not missing:
                     break
                 # Redis restarted and lost its script cache; nothing of these calls ran.
@@ -643,4 +644,4 @@ class ProfileStore:
                 pending = missing
             else:
                 raise StoreUnavailable("the profile store keeps losing its scripts")
-        return [(profile_keys, result) for (profile_keys, _), result in zip(calls, results, strict=True)]
+        return list(zip(groups, results, strict=True))

@@ -11,9 +11,11 @@
 --   object of the rest: {o=order dedupe id?, item=?, q=quantity?, price=?, rev=revenue?, items=[ids]?,
 --   ch=channel?, g=granted?, a={name=json}?}
 --
--- Returns one reply per profile, in KEYS order: {"redirect", customer_id} when the id is an anonymous
--- id already linked to a customer (nothing applied; the caller re-sends to the customer), else
--- {"ok", accepted, duplicates[, p, w, cart, r, s, k]}.
+-- Reading back, returns one reply per profile, in KEYS order: {"redirect", customer_id} when the id is
+-- an anonymous id already linked to a customer (nothing applied; the caller re-sends to the customer),
+-- else {"ok", accepted, duplicates, p, w, cart, r, s, k}. Else one list for the call (a reply per
+-- profile cost Redis more than some commands): the events accepted, the duplicates, then for each
+-- profile redirected its place among the call's profiles (from 1) and the customer id.
 --
 -- Every change to a profile happens inside this script, so an event is applied whole or not at all.
 --
@@ -85,7 +87,8 @@ local function parse_item(raw)
   return tonumber(q), price, tonumber(changed_at)
 end
 
--- One profile: its keys are the KEYS_PER_PROFILE after KEYS[kb], its events ARGV[first..last].
+-- One profile: its keys are the KEYS_PER_PROFILE after KEYS[kb], its events ARGV[first..last]. Returns
+-- the events accepted and the duplicates, or nil and the customer id it is linked to.
 local function apply(kb, first, last)
   local p, w, cart, r, d, s, k, pu, alias = KEYS[kb + 1], KEYS[kb + 2], KEYS[kb + 3], KEYS[kb + 4],
     KEYS[kb + 5], KEYS[kb + 6], KEYS[kb + 7], KEYS[kb + 8], KEYS[kb + 9]
@@ -95,7 +98,7 @@ local function apply(kb, first, last)
   if linked then
     -- A link lives as long as it is used: renew it like any other key of the customer.
     redis.call("PEXPIRE", alias, ttl)
-    return {"redirect", linked}
+    return nil, linked
   end
 
   local accepted, duplicates = 0, 0
@@ -389,20 +392,36 @@ local function apply(kb, first, last)
     end
   end
 
-  if read_back then
-    return {"ok", accepted, duplicates, redis.call("HGETALL", p), redis.call("HGETALL", w),
-      redis.call("HGETALL", cart), redis.call("ZRANGE", r, 0, -1, "WITHSCORES"), redis.call("SMEMBERS", s),
-      redis.call("ZRANGEBYSCORE", k, "(" .. fmt(now - tonumber(ARGV[5])), "+inf",
-        "WITHSCORES")}
-  end
-  return {"ok", accepted, duplicates}
+  return accepted, duplicates
 end
 
-local replies = {}
-local argc, kb, at = #ARGV, 0, 6
+-- One profile as it is now: its keys are the KEYS_PER_PROFILE after KEYS[kb].
+local function read(kb, accepted, duplicates)
+  local p, w, cart, r, s, k = KEYS[kb + 1], KEYS[kb + 2], KEYS[kb + 3], KEYS[kb + 4], KEYS[kb + 6], KEYS[kb + 7]
+  return {"ok", accepted, duplicates, redis.call("HGETALL", p), redis.call("HGETALL", w),
+    redis.call("HGETALL", cart), redis.call("ZRANGE", r, 0, -1, "WITHSCORES"), redis.call("SMEMBERS", s),
+    redis.call("ZRANGEBYSCORE", k, "(" .. fmt(now - tonumber(ARGV[5])), "+inf", "WITHSCORES")}
+end
+
+-- Reading back, one per profile; else the totals, then the profiles redirected.
+local replies = read_back and {} or {0, 0}
+local accepted, duplicates = 0, 0
+local argc, kb, at, place = #ARGV, 0, 6, 0
 while at <= argc do
   local last = at + PER_EVENT * tonumber(ARGV[at])
-  replies[#replies + 1] = apply(kb, at + 1, last)
+  place = place + 1
+  local applied, repeats = apply(kb, at + 1, last)
+  if read_back then
+    replies[place] = applied and read(kb, applied, repeats) or {"redirect", repeats}
+  elseif applied then
+    accepted, duplicates = accepted + applied, duplicates + repeats
+  else
+    replies[#replies + 1] = place
+    replies[#replies + 1] = repeats
+  end
   kb, at = kb + KEYS_PER_PROFILE, last + 1
+end
+if not read_back then
+  replies[1], replies[2] = accepted, duplicates
 end
 return replies

@@ -388,6 +388,25 @@ async def test_a_long_batch_for_a_linked_visitor_lands_on_the_customer_once(
     assert (await counts(store, "page_view"))["total"] == 1 + CHUNK_EVENTS + 50
 
 
+async def test_linked_visitors_among_other_customers_of_one_call_land_on_their_customers(
+    store: ProfileStore, clock: Clock
+) -> None:
+    for visitor, customer in (("v-1", "c-1"), ("v-2", "c-2")):
+        await store.ingest([ev(clock, "page_view", anonymous_id=visitor, customer_id=None)])
+        assert await store.link(visitor, customer) is True
+    batch = [
+        ev(clock, "faq_view", customer_id="c-3"),
+        ev(clock, "faq_view", anonymous_id="v-2", customer_id=None),
+        ev(clock, "faq_view", customer_id="c-4"),
+        ev(clock, "faq_view", anonymous_id="v-1", customer_id=None),
+        ev(clock, "faq_view", anonymous_id="v-1", customer_id=None),
+        ev(clock, "faq_view", customer_id="c-5"),
+    ]
+    assert (await store.ingest(batch)).accepted == 6
+    expected = {"c-1": 2, "c-2": 1, "c-3": 1, "c-4": 1, "c-5": 1}
+    assert {c: (await counts(store, "faq_view", c))["total"] for c in expected} == expected
+
+
 async def test_an_interrupted_link_completes_on_retry_without_double_counting(
     store: ProfileStore, clock: Clock
 ) -> None:
