@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import redis
 
@@ -107,8 +109,6 @@ async def test_folded_buckets_count_as_every_window_did(
     # Events of every age, arriving over seven weeks at uneven gaps, read after every arrival: each count
     # is the number of events whose bucket in that window is within it, whether or not their buckets were
     # folded by then (a fold happens only when events arrive, at most once a minute).
-    import random
-
     rng = random.Random(7)
     windows = {"30m": (60, 30), "24h": (3600, 24), "7d": (21_600, 28), "30d": (86_400, 30)}
     times: list[int] = []
