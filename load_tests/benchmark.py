@@ -32,7 +32,9 @@ schedule that fell behind would hide latency). A maximum-throughput run with any
 Every run also records how much CPU other processes on the machine took meanwhile
 (``other_cpu_cores``): runs beside other work are run again (the maximum up to twice, a paced rate
 once), the least disturbed is kept, and one still disturbed is flagged. On a shared machine,
-``--quiet-wait S`` also waits up to S seconds before each run for the others to go quiet.
+``--quiet-wait S`` also waits up to S seconds before each run for the others to go quiet. Beside it,
+each run records the cores each of the server's processes took (``server_cpu_cores``, wrk's too) and
+how busy each CPU was (``cpu_busy``): whether the rate was bound by a core, or by a wait with cores idle.
 
 CPU placement (2 cores): with one worker, the server process (uvicorn runs it in ``nba serve``'s own
 process) is pinned to CPU 0, and wrk, redis-server and the learner to CPU 1; the floor alike. With two
@@ -388,6 +390,27 @@ def _busy_ticks() -> int:
     return user + nice + system
 
 
+def cpu_ticks(stat: str) -> list[tuple[int, int]]:
+    """Each CPU's (busy, total) clock ticks since boot from /proc/stat's text: busy is all but idle and
+    iowait, interrupts included (they keep the core from the processes as much)."""
+    out = []
+    for line in stat.splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            ticks = [int(v) for v in values]
+            out.append((sum(ticks) - ticks[3] - ticks[4], sum(ticks)))
+    return out
+
+
+def cores_busy(before: Sequence[tuple[int, int]], after: Sequence[tuple[int, int]]) -> list[float]:
+    """How busy each CPU was between two ``cpu_ticks`` readings (0 .. 1): a run whose bounding process
+    had a core to itself shows it at 1; one with every core short of 1 waited on something else."""
+    return [
+        round((busy1 - busy0) / max(1, total1 - total0), 2)
+        for (busy0, total0), (busy1, total1) in zip(before, after, strict=True)
+    ]
+
+
 def _process_ticks(pid: int) -> int:
     """A process's CPU time and that of its children it has waited for, in clock ticks."""
     try:
@@ -523,9 +546,12 @@ class Bench:
         self.meter = CpuMeter(pids)
         self.roles = {pid: role(pid) for pid in pids}
 
-    def wrk(self, rate: float, duration_s: int, connections: int) -> tuple[WrkRun, float, dict[str, float]]:
-        """One wrk run (``rate`` 0: closed loop); its figures, other processes' CPU meanwhile, and the
-        cores each of the server's processes took (by role: which one bounds the rate)."""
+    def wrk(
+        self, rate: float, duration_s: int, connections: int
+    ) -> tuple[WrkRun, float, dict[str, float], list[float]]:
+        """One wrk run (``rate`` 0: closed loop); its figures, other processes' CPU meanwhile, the cores
+        each of the server's processes took (by role: which one bounds the rate), and how busy each CPU
+        was."""
         self.runs += 1
         args = [WRK, "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s", "-s", str(WRK_SCRIPT)]
         args += [self.server.base_url, "--", self.scenario.name, f"{rate:g}", str(self.runs), "1"]
@@ -539,6 +565,7 @@ class Bench:
         self.meter.start()
         ticks = {pid: _process_ticks(pid) for pid in self.roles}
         waited = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's, once it is waited for
+        per_cpu = cpu_ticks(Path("/proc/stat").read_text())
         started = time.monotonic()
         try:
             done = subprocess.run(
@@ -552,6 +579,7 @@ class Bench:
         except subprocess.TimeoutExpired as exc:
             raise BenchmarkError(f"wrk did not finish within {duration_s + 60} s") from exc
         other = self.meter.other_cores()
+        busy = cores_busy(per_cpu, cpu_ticks(Path("/proc/stat").read_text()))
         elapsed = time.monotonic() - started
         seconds = elapsed * os.sysconf("SC_CLK_TCK")
         cores: dict[str, float] = {}
@@ -563,7 +591,7 @@ class Bench:
         cores["wrk"] = round(spent / elapsed, 2)
         if done.returncode != 0:
             raise BenchmarkError(f"wrk failed ({done.returncode}): {done.stderr[-2000:]}")
-        return parse_wrk(done.stdout), other, cores
+        return parse_wrk(done.stdout), other, cores, busy
 
     def _wait_for_quiet(self) -> None:
         """Wait, up to ``quiet_wait_s``, until other processes take under DISTURBED_CORES for a second."""
@@ -580,11 +608,12 @@ class Bench:
         kept: dict[str, Any] | None = None
         for attempt in range(1, reruns + 2):
             if target is None:
-                run, other, cores = self.wrk(0, self.plan.max_s, self.scenario.closed_connections)
+                run, other, cores, busy = self.wrk(0, self.plan.max_s, self.scenario.closed_connections)
             else:
-                run, other, cores = self.wrk(target, self.plan.rate_s, paced_connections(target))
+                run, other, cores, busy = self.wrk(target, self.plan.rate_s, paced_connections(target))
             measured = point(run, self.scenario, target, other, kind)
             measured["server_cpu_cores"] = cores
+            measured["cpu_busy"] = busy
             if target is not None:
                 measured["connections"] = paced_connections(target)
             measured["attempt"] = attempt

@@ -20,6 +20,8 @@ from load_tests.benchmark import (
     WrkRun,
     bisect,
     bracket,
+    cores_busy,
+    cpu_ticks,
     flags,
     highest_under_budget,
     hopeless,
@@ -201,6 +203,17 @@ def test_a_pass_above_a_failure_is_flagged() -> None:
         "1 worker(s), decide: 2000/s failed but 3000/s passed (noise?); "
         "the search stayed below the first failure"
     ]
+
+
+def test_each_cpu_is_as_busy_as_its_ticks_not_idle_or_waiting_on_io() -> None:
+    before = (
+        "cpu  30 0 30 200 0 0 0 0 0 0\ncpu0 10 0 10 100 0 0 0 0 0 0\ncpu1 20 0 20 100 0 0 0 0 0 0\nintr 5"
+    )
+    #            user nice system idle iowait irq softirq steal
+    after = "cpu  0\ncpu0 40 0 20 140 10 10 0 0 0 0\ncpu1 120 0 20 100 0 0 0 0 0 0\nctxt 9"
+    first, second = cpu_ticks(before), cpu_ticks(after)
+    assert first == [(20, 120), (40, 140)]
+    assert cores_busy(first, second) == [0.5, 1.0]  # cpu0: 50 of 100 (40 idle, 10 iowait); cpu1: all
 
 
 def test_paced_runs_use_fewer_connections_at_low_rates() -> None:
