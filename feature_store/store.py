@@ -7,7 +7,8 @@
   the events in it, so the fewer calls the better; with ``StoreConfig.calls_by_slot`` only customers of
   one Redis Cluster slot share a call. Plus one more round trip when some events name an anonymous id
   that was already linked to a customer: the script answers with the customer id and those events are
-  re-sent there.
+  re-sent there. A large batch takes a connection of its own, one batch at a time, so that decisions
+  on the shared connection wait for a script call of it, not for all of it (``ProfileStore._bulk_write``).
 * Reading a profile is the same script with no events (one round trip; two through a linked
   anonymous id).
 * Linking and erasing are rare administrative writes and take a few round trips each; both are safe
@@ -55,8 +56,14 @@ if TYPE_CHECKING:
     from feature_store.triggers import TriggerOp, TriggerStore
 
 Clock = Callable[[], float]
-CHUNK_EVENTS: Final = 100
-BULK_COMMANDS: Final = 50  # a write of more commands than this takes a pool connection of its own
+# Events per script call: Redis runs a call whole, so a decision waits for the call running when it
+# arrives. 25 keep that wait near a millisecond; 100 cost Redis 1% fewer instructions per event.
+CHUNK_EVENTS: Final = 25
+# A write of more commands than BULK_COMMANDS, or of script calls applying more events than BULK_EVENTS,
+# is bulk: it goes on a connection of its own (ProfileStore._bulk_write).
+BULK_COMMANDS: Final = 50
+BULK_EVENTS: Final = 50
+_YIELD_BYTES: Final = 64 * 1024  # a bulk write is packed in parts of this size, the event loop let in between
 CONTACT_HISTORY_MS: Final = 90 * 86_400_000  # the longest window a contact limit may count
 _UNAVAILABLE_REPLIES: Final = ("OOM", "MISCONF", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN")
 
@@ -241,9 +248,11 @@ class ProfileStore:
         self._apply_sha: str | None = None
         timeout_s = client.connection_pool.connection_kwargs.get("socket_timeout") or 0.5
         # Redis answers one connection's commands in order but takes turns between connections: small
-        # calls share one connection, so a decision never waits behind a platform's batch of 500 on
-        # it, and each large batch takes a connection of the pool, so that batches go side by side.
+        # calls share one connection, and bulk writes take turns, one at a time, on a connection of the
+        # pool (see _pipelined).
         self._hot = Multiplexer(client.connection_pool, timeout_s)
+        self._bulk = asyncio.Lock()
+        self._bulk_failed: tuple[float, BaseException] | None = None  # when the last bulk write failed, why
 
     @classmethod
     def connect(
@@ -549,26 +558,58 @@ class ProfileStore:
                 await pipe.execute()
         return existed or bool(aliases)
 
-    async def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    async def _pipelined(self, commands: Sequence[tuple[Any, ...]], events: int = 0) -> list[Any]:
         """Send the commands in one write and read their replies, an error reply in its place: a
         decision's two calls and an event's or a small batch's on the shared connection (multiplex.py),
-        a large batch (a script call per customer) on a connection of its own."""
-        if len(commands) <= BULK_COMMANDS:
+        a bulk write (more commands than ``BULK_COMMANDS``, or script calls applying more ``events``
+        than ``BULK_EVENTS``) by :meth:`_bulk_write`."""
+        if len(commands) <= BULK_COMMANDS and events <= BULK_EVENTS:
             return await self._hot.execute(commands)
-        return await self._pooled(commands)
+        return await self._bulk_write(commands)
 
-    async def _pooled(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """``_pipelined`` on a connection of the pool, packed by hiredis, without a pipeline's
+    async def _bulk_write(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """A bulk write, such as a platform's batch of 500 events: kept from delaying decisions.
+
+        Redis answers one connection's commands in order, so on the shared connection a decision
+        would wait for the whole batch (25 ms of Redis for 500 events) and every batch before it.
+        On a connection of its own, it waits for the script call Redis is running: Redis takes turns
+        between connections, reading up to 16 KB from each. Bulk writes go one at a time: with one
+        connection each, eight batches in flight would put eight script calls ahead of every
+        decision at each turn. The write is packed in parts, letting the event loop answer decisions
+        in between (docs/performance.md measures all this).
+
+        A write waits for its turn as long as the writes before it take; each has the store's timeout
+        once sent. When one fails that way, the writes that were waiting behind it fail at once, as
+        calls behind a late one on the shared connection do: Redis is as late for them."""
+        parts: list[bytes] = []
+        size = 0
+        for command in commands:
+            parts.append(pack([command]))
+            size += len(parts[-1])
+            if size >= _YIELD_BYTES:
+                size = 0
+                await asyncio.sleep(0)
+        waiting_since = time.monotonic()
+        async with self._bulk:
+            if self._bulk_failed is not None and self._bulk_failed[0] >= waiting_since:
+                raise rx.ConnectionError(f"a bulk write ahead of this one failed: {self._bulk_failed[1]}")
+            try:
+                return await self._pooled(b"".join(parts), len(commands))
+            except (rx.ConnectionError, rx.TimeoutError, TimeoutError, OSError) as exc:
+                self._bulk_failed = (time.monotonic(), exc)
+                raise
+
+    async def _pooled(self, packed: bytes, count: int) -> list[Any]:
+        """``count`` commands, ``packed`` by hiredis, on a connection of the pool, without a pipeline's
         bookkeeping and its timer per reply. The replies share one timeout. A failure midway closes
         the connection: its unread replies would answer the next commands."""
-        packed = pack(commands)
         pool = self._redis.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await connection.send_packed_command(packed)
             replies: list[Any] = []
             async with asyncio.timeout(connection.socket_timeout):
-                for _ in commands:
+                for _ in range(count):
                     try:
                         replies.append(await connection.read_response(timeout=math.inf))
                     except rx.ResponseError as exc:
@@ -604,6 +645,7 @@ class ProfileStore:
         head = [str(now_ms), str(config.profile_ttl_ms), str(config.dedupe_window_ms), "1" if read else "0"]
         head.append(str(config.contacts_ms))
         groups = _calls(calls, config.calls_by_slot)
+        events = sum(len(batch) for _, batch in calls)
         packed: list[list[str]] = []
         for group in groups:
             script_keys: list[str] = []
@@ -615,6 +657,8 @@ class ProfileStore:
                 for event in batch:
                     args += script_args(event)
             packed.append([str(len(script_keys)), *script_keys, *args])
+            if events > BULK_EVENTS:
+                await asyncio.sleep(0)  # a batch's preparation lets the decisions' replies in (_bulk_write)
         results: list[Any] = [None] * len(groups)
         pending = list(range(len(groups)))
         async with translated():
@@ -624,7 +668,7 @@ class ProfileStore:
                 commands: list[tuple[Any, ...]] = [("EVALSHA", self._apply_sha, *packed[g]) for g in pending]
                 if schedule:
                     commands.append(("EVAL", SCHEDULE_SOURCE, 2, *SCHEDULE_KEYS, *schedule))
-                replies = await self._pipelined(commands)
+                replies = await self._pipelined(commands, events)
                 if schedule:
                     if isinstance(replies[-1], Exception):
                         raise replies[-1]

@@ -1,6 +1,6 @@
 """The hot path's shared connection (feature_store/multiplex.py) against a real redis-server: replies
 reach the calls that asked, in any interleaving, and a late, lost or abandoned call fails only what it
-must."""
+must; bulk writes keep off it."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from redis import exceptions as rx
 
 from feature_store import ProfileStore
 from feature_store.embedded import free_port
+from feature_store.events import Event
 from feature_store.multiplex import Multiplexer
-from feature_store.store import BULK_COMMANDS
+from feature_store.store import BULK_COMMANDS, CHUNK_EVENTS
+from tests.conftest import Clock
 
 
 @pytest.fixture
@@ -142,3 +144,50 @@ async def test_the_store_keeps_large_batches_off_the_shared_connection(
     assert small == ["decision"]
     assert not large.done()
     assert (await large)[1:] == [str(i) for i in range(BULK_COMMANDS)]
+
+
+async def test_a_decision_is_answered_while_a_platform_batch_is_applied(
+    store: ProfileStore, raw_redis: redis.Redis, clock: Clock
+) -> None:
+    """The batch's script calls go on a connection of their own, so Redis answers the decision's read
+    between two of them. On the shared connection it would come after the whole batch: Redis answers
+    one connection in order. As many script calls as a write may take on that connection."""
+    now_ms = int(clock() * 1000)
+    size = BULK_COMMANDS * CHUNK_EVENTS
+    events = [Event("page_view", now_ms, customer_id=f"c-{i}", event_id=f"e-{i}") for i in range(size)]
+    batch = asyncio.ensure_future(store.ingest(events))
+    for _ in range(5_000):  # until Redis is applying the batch
+        if raw_redis.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0):
+            break
+        await asyncio.sleep(0.001)
+
+    profile = await store.profile("c-0")
+
+    assert not batch.done(), "the read waited for the whole batch"
+    assert (await batch).accepted == size
+    assert profile is None or profile.id == "c-0"  # applied already, or not yet
+
+
+async def test_bulk_writes_waiting_behind_one_that_timed_out_fail_with_it(
+    store: ProfileStore, raw_redis: redis.Redis
+) -> None:
+    """Redis frozen (every client paused): the first bulk write fails at the store's timeout (0.5 s),
+    and the one waiting for its turn behind it fails then too, not a timeout later."""
+    batch = [("ECHO", str(i)) for i in range(BULK_COMMANDS + 1)]
+    raw_redis.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def failed_at() -> float:
+            with pytest.raises((rx.ConnectionError, rx.TimeoutError, TimeoutError)):
+                await store._pipelined(batch)
+            return loop.time() - started
+
+        first, second = await asyncio.gather(failed_at(), failed_at())
+    finally:
+        raw_redis.execute_command("CLIENT", "UNPAUSE")
+
+    assert 0.4 < first < 0.9
+    assert second - first < 0.3
+    assert await store._pipelined(batch) == [str(i) for i in range(BULK_COMMANDS + 1)]

@@ -19,7 +19,7 @@ from redis.crc import key_slot
 from feature_store import Event, IdKind, ProfileStore
 from feature_store.keys import KEYS_PER_PROFILE, TRIGGERS_DUE
 from feature_store.multiplex import _Link
-from feature_store.store import StoreConfig
+from feature_store.store import CHUNK_EVENTS, StoreConfig
 from tests.conftest import AppFactory, Clock
 
 
@@ -110,16 +110,22 @@ def busy_batch(clock: Clock) -> list[Event]:
     return batch
 
 
-async def test_a_script_call_applies_many_profiles_up_to_100_events(
+async def test_a_script_call_applies_many_profiles_up_to_25_events(
     store: ProfileStore, clock: Clock, wire: Wire
 ) -> None:
-    """On a single Redis any profiles share a call: a call costs Redis more than most events in it."""
+    """On a single Redis any profiles share a call: a call costs Redis more than most events in it. A
+    customer's events stay in one piece per call (two customers of 10 to a call, then the five
+    visitors), and the busy customer's 250 take ten calls."""
+    assert CHUNK_EVENTS == 25
+    await store.ping()  # a pool connection, which the batch takes, opened first: its handshake is no call
+    before = wire.sent
     batch = busy_batch(clock)
     assert (await store.ingest(batch)).accepted == len(batch)
-    [request] = wire.writes
+    [request] = wire.writes[before:]
     calls = script_calls(request)
-    assert [events_in(args) for _keys, args in calls] == [100, 100, 100, 5, 100, 100, 50]
-    assert len(calls[0][0]) == 10 * KEYS_PER_PROFILE
+    assert [events_in(args) for _keys, args in calls] == [20] * 14 + [25] + [25] * 10
+    assert len(calls[0][0]) == 2 * KEYS_PER_PROFILE
+    assert len(calls[14][0]) == 7 * KEYS_PER_PROFILE
     profile = await store.profile("c-busy")
     assert profile is not None
     assert profile.counts["page_view"].total == 250
@@ -135,15 +141,16 @@ async def test_calls_by_slot_keep_each_script_call_in_one_cluster_slot(
     store = ProfileStore.connect(redis_url, StoreConfig(calls_by_slot=True), clock=clock)
     try:
         await store.load_scripts()
+        await store.ping()  # the pool connection that the batch takes, opened first
         batch = busy_batch(clock)
         before = wire.sent
         assert (await store.ingest(batch)).accepted == len(batch)
         [request] = wire.writes[before:]
         calls = script_calls(request)
-        assert 30 + 5 + 3 >= len(calls) > 30
+        assert 30 + 5 + 250 // CHUNK_EVENTS >= len(calls) > 30
         for script_keys, args in calls:
             assert len({key_slot(key) for key in script_keys}) == 1, script_keys
-            assert events_in(args) <= 100
+            assert events_in(args) <= CHUNK_EVENTS
         profile = await store.profile("c-busy")
         assert profile is not None
         assert profile.counts["page_view"].total == 250
