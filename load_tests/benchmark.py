@@ -24,6 +24,11 @@ a fallback; events: 202 and all 500 accepted). Then wrk (load_tests/wrk/paced.lu
    timeout): a ladder of shares of the maximum (10% .. 90%), then a bisection for the highest rate
    whose p99 stays under 10 ms and that was sustained.
 
+Then, when decide and events were both measured, ``decide_during_ingestion``: on a fresh ``nba serve``,
+decide paced at half its maximum while batches of 500 events arrive paced at half theirs (from 2 s
+before to 2 s after the decisions' run): what a website's visitors get while a marketing platform
+syncs. Its figures are reported, not held to a target.
+
 A paced rate is *sustained* when wrk achieved at least 97% of it, with no error, no non-2xx answer, no
 fallback (decide) or batch not wholly accepted (events), and its sends kept to their slots (p99 at
 most 2 ms late, or 5% of the p99 latency if more; wrk times a request from its actual send, so a
@@ -88,6 +93,8 @@ LAG_P99_LIMIT_SHARE = 0.05
 PACED_CONNECTIONS = 64  # at most: see paced_connections()
 DISTURBED_CORES = 0.2  # other processes' CPU during a run above which its figures are flagged
 ROUND_TRIPS_PER_DECIDE = "2 (tests/integration/test_round_trips.py)"
+DURING_INGESTION = "decide_during_ingestion"  # run_workers' figures of decide while batches arrive
+BESIDE_MARGIN_S = 2  # the batches run this long before and after the decisions' run
 SERVER_CPU, LOAD_CPU = 0, 1
 
 
@@ -546,22 +553,55 @@ class Bench:
         self.meter = CpuMeter(pids)
         self.roles = {pid: role(pid) for pid in pids}
 
-    def wrk(
-        self, rate: float, duration_s: int, connections: int
-    ) -> tuple[WrkRun, float, dict[str, float], list[float]]:
-        """One wrk run (``rate`` 0: closed loop); its figures, other processes' CPU meanwhile, the cores
-        each of the server's processes took (by role: which one bounds the rate), and how busy each CPU
-        was."""
+    def _wrk_args(self, rate: float, duration_s: int, connections: int) -> list[str]:
         self.runs += 1
         args = [WRK, "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s", "-s", str(WRK_SCRIPT)]
-        args += [self.server.base_url, "--", self.scenario.name, f"{rate:g}", str(self.runs), "1"]
+        return [*args, self.server.base_url, "--", self.scenario.name, f"{rate:g}", str(self.runs), "1"]
+
+    def _on_load_cpu(self) -> Callable[[], None]:
+        """What wrk's child runs between fork and exec: to the load's CPU, when the server is pinned."""
         pinned = self.pinned
 
         def on_load_cpu() -> None:  # pragma: no cover - runs in the child between fork and exec
             if pinned:
                 os.sched_setaffinity(0, {LOAD_CPU})
 
-        self._wait_for_quiet()
+        return on_load_cpu
+
+    @contextlib.contextmanager
+    def wrk_beside(self, rate: float, duration_s: int) -> Iterator[Callable[[], WrkRun]]:
+        """A paced wrk run in the background, for load beside another run; yields what waits for its
+        figures. Stopped, by its pid, if it is still running on the way out."""
+        args = self._wrk_args(rate, duration_s, paced_connections(rate))
+        process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=self._on_load_cpu()
+        )
+
+        def figures() -> WrkRun:
+            try:
+                out, err = process.communicate(timeout=duration_s + 60)
+            except subprocess.TimeoutExpired as exc:
+                raise BenchmarkError(f"wrk did not finish within {duration_s + 60} s") from exc
+            if process.returncode != 0:
+                raise BenchmarkError(f"wrk failed ({process.returncode}): {err[-2000:]}")
+            return parse_wrk(out)
+
+        try:
+            yield figures
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+    def wrk(
+        self, rate: float, duration_s: int, connections: int, *, quiet_first: bool = True
+    ) -> tuple[WrkRun, float, dict[str, float], list[float]]:
+        """One wrk run (``rate`` 0: closed loop); its figures, other processes' CPU meanwhile, the cores
+        each of the server's processes took (by role: which one bounds the rate), and how busy each CPU
+        was. ``quiet_first``: wait for other processes to go quiet first (``--quiet-wait``)."""
+        args = self._wrk_args(rate, duration_s, connections)
+        if quiet_first:
+            self._wait_for_quiet()
         self.meter.start()
         ticks = {pid: _process_ticks(pid) for pid in self.roles}
         waited = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's, once it is waited for
@@ -574,7 +614,7 @@ class Bench:
                 text=True,
                 timeout=duration_s + 60,
                 check=False,
-                preexec_fn=on_load_cpu,
+                preexec_fn=self._on_load_cpu(),
             )
         except subprocess.TimeoutExpired as exc:
             raise BenchmarkError(f"wrk did not finish within {duration_s + 60} s") from exc
@@ -683,7 +723,51 @@ def run_workers(
             print(f"{label} failed: {exc}", file=sys.stderr, flush=True)
             out[scenario.name] = {"error": f"{type(exc).__name__}: {exc}"}
     out["ratios"] = ratios(out)
+    decide, events = out.get("decide", {}), out.get("events", {})
+    if "max_throughput" in decide and "max_throughput" in events:
+        decide_max = float(decide["max_throughput"]["achieved_per_s"])
+        batches_max = float(events["max_throughput"]["achieved_per_s"])
+        out[DURING_INGESTION] = during_ingestion(workers, plan, decide_max, batches_max, quiet_wait_s)
     return out
+
+
+def during_ingestion(
+    workers: int, plan: Plan, decide_max: float, batches_max: float, quiet_wait_s: float
+) -> dict[str, Any]:
+    """Decide paced at half its maximum while batches of 500 events arrive, paced at half theirs, on
+    one fresh server: what a website's visitors get while a marketing platform syncs. Not a target of
+    issue 7; the JSON keeps it beside them."""
+    label = f"[{workers} worker{'s' if workers > 1 else ''}] during"
+    rate, batch_rate = rate_value(0.5 * decide_max), rate_value(0.5 * batches_max)
+    try:
+        with running(DECIDE, workers) as server:
+            placement = place(server.pid, workers)
+            check(server, DECIDE)
+            decisions = Bench(server, DECIDE, plan, placement["pinned"], label, quiet_wait_s)
+            batches = Bench(server, EVENTS, plan, placement["pinned"], label)
+            decisions.wrk(rate, plan.warmup_s, paced_connections(rate))  # warm-up, not counted
+            decisions._wait_for_quiet()
+            with batches.wrk_beside(batch_rate, plan.rate_s + 2 * BESIDE_MARGIN_S) as ingested:
+                time.sleep(BESIDE_MARGIN_S)  # the batches flowing before the first decision
+                run, other, cores, busy = decisions.wrk(
+                    rate, plan.rate_s, paced_connections(rate), quiet_first=False
+                )
+                beside = ingested()
+    except Exception as exc:  # recorded in the JSON and flagged; the rest of the benchmark still runs
+        print(f"{label} failed: {exc}", file=sys.stderr, flush=True)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    measured = point(run, DECIDE, rate, other, "during_ingestion")
+    measured["server_cpu_cores"] = cores  # wrk's: the decisions' only
+    measured["cpu_busy"] = busy
+    measured["connections"] = paced_connections(rate)
+    measured["attempt"] = 1
+    _log(label, measured)
+    # Its other_cpu_cores counts the batches' wrk, which is still running when the decisions' run ends.
+    return {
+        "placement": placement,
+        "decide": measured,
+        "events": point(beside, EVENTS, batch_rate, other, "beside"),
+    }
 
 
 def ratios(by_scenario: Mapping[str, Any]) -> dict[str, Any]:
@@ -739,9 +823,11 @@ def flags(by_workers: Mapping[str, Mapping[str, Any]]) -> list[str]:
     found: list[str] = []
     for workers, scenarios in by_workers.items():
         for name, figures in scenarios.items():
-            if name == "ratios":
-                continue
             where = f"{workers} worker(s), {name}"
+            if name == DURING_INGESTION and "error" in figures:
+                found.append(f"{where}: failed: {figures['error']}")
+            if name in ("ratios", DURING_INGESTION):
+                continue
             if "error" in figures:
                 found.append(f"{where}: failed: {figures['error']}")
                 continue
@@ -1015,6 +1101,15 @@ def summary(figures: Mapping[str, Any]) -> dict[str, Any]:
                 "highest_rate_p99_under_10ms": None if top is None else top["target_per_s"],
             }
         out[f"{workers}w ratios"] = scenarios["ratios"]
+        if "decide" in scenarios.get(DURING_INGESTION, {}):
+            during = scenarios[DURING_INGESTION]
+            out[f"{workers}w decide during ingestion"] = {
+                "rate_per_s": during["decide"]["target_per_s"],
+                "p50_ms": during["decide"]["latency_ms"]["p50"],
+                "p99_ms": during["decide"]["latency_ms"]["p99"],
+                "fallbacks": during["decide"]["fallbacks"],
+                "events_per_s": during["events"]["events_per_s"],
+            }
     if "memory" in figures:
         out["memory_bytes_per_profile"] = figures["memory"]["bytes_per_profile"]
     out["flags"] = len(figures["flags"])

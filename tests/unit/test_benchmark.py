@@ -13,6 +13,7 @@ import pytest
 
 from load_tests.benchmark import (
     DECIDE,
+    DURING_INGESTION,
     EVENTS,
     FLOOR,
     WRK_SCRIPT,
@@ -31,6 +32,7 @@ from load_tests.benchmark import (
     point,
     problems,
     ratios,
+    summary,
     targets,
 )
 
@@ -261,3 +263,21 @@ def test_instruction_counts_use_the_wire_benchmarks_batches(tmp_path: Path) -> N
     out.write_text("summary: 999\n")  # written at exit: everything, start-up included
     (tmp_path / "redis.callgrind.1").write_text("events: Ir\nsummary: 1234\ntotals: 1234\n")
     assert _dumped(out) == 1234
+
+
+def test_decide_during_ingestion_is_flagged_only_when_it_failed() -> None:
+    during = {
+        "decide": point(wrk_run(), DECIDE, 1250.0, 0.0, "during_ingestion"),
+        "events": point(wrk_run(), EVENTS, 20.0, 0.0, "beside"),
+    }
+    one = {"decide": scenario_figures(2500), DURING_INGESTION: during}
+    assert flags({"1": one}) == []
+    assert summary({"workers": {"1": {**one, "ratios": {}}}, "flags": []})["1w decide during ingestion"] == {
+        "rate_per_s": 1250.0,
+        "p50_ms": during["decide"]["latency_ms"]["p50"],
+        "p99_ms": during["decide"]["latency_ms"]["p99"],
+        "fallbacks": during["decide"]["fallbacks"],
+        "events_per_s": during["events"]["events_per_s"],
+    }
+    one[DURING_INGESTION] = {"error": "BenchmarkError: decide: 503"}
+    assert flags({"1": one}) == ["1 worker(s), decide_during_ingestion: failed: BenchmarkError: decide: 503"]
