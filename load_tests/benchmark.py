@@ -454,6 +454,19 @@ class CpuMeter:
         return max(0.0, other_s / max(time.monotonic() - t0, 1e-9))
 
 
+def wrk_finished(process: subprocess.Popen[str], duration_s: int) -> WrkRun:
+    """The figures of a wrk run started for ``duration_s``; killed if it overruns by a minute."""
+    try:
+        out, err = process.communicate(timeout=duration_s + 60)
+    except subprocess.TimeoutExpired as exc:
+        process.kill()
+        process.communicate()
+        raise BenchmarkError(f"wrk did not finish within {duration_s + 60} s") from exc
+    if process.returncode != 0:
+        raise BenchmarkError(f"wrk failed ({process.returncode}): {err[-2000:]}")
+    return parse_wrk(out)
+
+
 # --- servers ----------------------------------------------------------------------------------------------
 
 
@@ -558,36 +571,25 @@ class Bench:
         args = [WRK, "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s", "-s", str(WRK_SCRIPT)]
         return [*args, self.server.base_url, "--", self.scenario.name, f"{rate:g}", str(self.runs), "1"]
 
-    def _on_load_cpu(self) -> Callable[[], None]:
-        """What wrk's child runs between fork and exec: to the load's CPU, when the server is pinned."""
+    def _start_wrk(self, args: list[str]) -> subprocess.Popen[str]:
+        """wrk started, on the load's CPU when the server is pinned."""
         pinned = self.pinned
 
         def on_load_cpu() -> None:  # pragma: no cover - runs in the child between fork and exec
             if pinned:
                 os.sched_setaffinity(0, {LOAD_CPU})
 
-        return on_load_cpu
+        return subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=on_load_cpu
+        )
 
     @contextlib.contextmanager
     def wrk_beside(self, rate: float, duration_s: int) -> Iterator[Callable[[], WrkRun]]:
         """A paced wrk run in the background, for load beside another run; yields what waits for its
         figures. Stopped, by its pid, if it is still running on the way out."""
-        args = self._wrk_args(rate, duration_s, paced_connections(rate))
-        process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=self._on_load_cpu()
-        )
-
-        def figures() -> WrkRun:
-            try:
-                out, err = process.communicate(timeout=duration_s + 60)
-            except subprocess.TimeoutExpired as exc:
-                raise BenchmarkError(f"wrk did not finish within {duration_s + 60} s") from exc
-            if process.returncode != 0:
-                raise BenchmarkError(f"wrk failed ({process.returncode}): {err[-2000:]}")
-            return parse_wrk(out)
-
+        process = self._start_wrk(self._wrk_args(rate, duration_s, paced_connections(rate)))
         try:
-            yield figures
+            yield lambda: wrk_finished(process, duration_s)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -607,17 +609,7 @@ class Bench:
         waited = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's, once it is waited for
         per_cpu = cpu_ticks(Path("/proc/stat").read_text())
         started = time.monotonic()
-        try:
-            done = subprocess.run(
-                args,
-                capture_output=True,
-                text=True,
-                timeout=duration_s + 60,
-                check=False,
-                preexec_fn=self._on_load_cpu(),
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise BenchmarkError(f"wrk did not finish within {duration_s + 60} s") from exc
+        run = wrk_finished(self._start_wrk(args), duration_s)
         other = self.meter.other_cores()
         busy = cores_busy(per_cpu, cpu_ticks(Path("/proc/stat").read_text()))
         elapsed = time.monotonic() - started
@@ -629,9 +621,7 @@ class Bench:
         # The load generator shares a core with Redis (one worker): its share is part of the picture.
         spent = usage.ru_utime + usage.ru_stime - waited.ru_utime - waited.ru_stime
         cores["wrk"] = round(spent / elapsed, 2)
-        if done.returncode != 0:
-            raise BenchmarkError(f"wrk failed ({done.returncode}): {done.stderr[-2000:]}")
-        return parse_wrk(done.stdout), other, cores, busy
+        return run, other, cores, busy
 
     def _wait_for_quiet(self) -> None:
         """Wait, up to ``quiet_wait_s``, until other processes take under DISTURBED_CORES for a second."""
@@ -823,13 +813,13 @@ def flags(by_workers: Mapping[str, Mapping[str, Any]]) -> list[str]:
     found: list[str] = []
     for workers, scenarios in by_workers.items():
         for name, figures in scenarios.items():
-            where = f"{workers} worker(s), {name}"
-            if name == DURING_INGESTION and "error" in figures:
-                found.append(f"{where}: failed: {figures['error']}")
-            if name in ("ratios", DURING_INGESTION):
+            if name == "ratios":
                 continue
+            where = f"{workers} worker(s), {name}"
             if "error" in figures:
                 found.append(f"{where}: failed: {figures['error']}")
+                continue
+            if name == DURING_INGESTION:
                 continue
             best = figures["max_throughput"]
             if not best["clean"]:
