@@ -192,14 +192,19 @@ def install(app: FastAPI, *, retry_after_s: int) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The route's template, not the path: a path holds customer ids (app/logging.py).
-        route = route_template(request.scope)
-        log.exception("unhandled_error", route=route, method=request.method)
-        # Bound by app/logging.py's RequestIds, which this answer (made further out) does not pass through.
-        request_id = structlog.contextvars.get_contextvars().get("request_id", "")
-        return _body(
-            500,
-            "internal_error",
-            f"an unexpected error occurred and was logged{f' (request {request_id})' if request_id else ''}; "
-            "please report it",
-            headers={"X-Request-ID": request_id} if request_id else None,
-        )
+        return unexpected(route_template(request.scope), request.method)
+
+
+def unexpected(route: str, method: str) -> JSONResponse:
+    """The answer to an exception nothing expected, logged with its traceback: called while it is being
+    handled (by the handler above, and by the decisions' fast lane, app/routes/decisions.py)."""
+    log.exception("unhandled_error", route=route, method=method)
+    # Bound by app/logging.py's RequestIds, which this answer (made further out) does not pass through.
+    request_id = structlog.contextvars.get_contextvars().get("request_id", "")
+    return _body(
+        500,
+        "internal_error",
+        f"an unexpected error occurred and was logged{f' (request {request_id})' if request_id else ''}; "
+        "please report it",
+        headers={"X-Request-ID": request_id} if request_id else None,
+    )

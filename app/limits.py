@@ -13,7 +13,8 @@ class _TooLarge(BaseException):
     """Raised from ``receive``; a BaseException so that body parsers' ``except Exception`` let it by."""
 
 
-def _is_json(content_type: str) -> bool:
+def is_json(content_type: str) -> bool:
+    """Whether a Content-Type names JSON: ``application/json``, or ``application/<anything>+json``."""
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
@@ -40,7 +41,7 @@ class BodyLimits:
             await self._refuse(send, 413, "payload_too_large", self._too_large())
             return
         has_body = (length is not None and length != "0") or "transfer-encoding" in headers
-        if has_body and not _is_json(headers.get("content-type", "")):
+        if has_body and not is_json(headers.get("content-type", "")):
             await self._refuse(
                 send,
                 415,

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
+import structlog
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import errors
 from app.auth import require
 from app.errors import documented
+from app.limits import is_json
+from app.logging import request_id
+from app.metrics import http_request
 from app.routes.deps import ServicesDep
 from app.schemas import DecideIn, DecideOut, OutcomesAccepted, OutcomesBody
 from app.services import Services
 from app.settings import Scope as KeyScope
 
 router = APIRouter(prefix="/v1", tags=["decisions"], dependencies=[Depends(require(KeyScope.WEB))])
+ROUTE = "/v1/decide"  # the fast lane's path, and its template in the HTTP metrics
 
 
 @router.post(
@@ -57,53 +62,91 @@ async def get_actions(services: ServicesDep) -> dict[str, Any]:
 
 
 class FastDecide:
-    """ASGI middleware: a well-formed ``POST /v1/decide`` answered without FastAPI's routing, dependency
-    solving and body handling, which took a fifth of a decision's CPU (docs/performance.md).
+    """The fast lane of ``POST /v1/decide``, the call a website makes on every page view: a well-formed
+    request is answered here, in front of all the middleware (app/main.py ``Service``), without
+    FastAPI's routing, dependency solving and body handling, which took a fifth of a decision's CPU, nor
+    the ten layers of middleware (each a coroutine and a wrapper of ``send``), 5% of its instructions
+    (docs/performance.md).
+
+    What those layers do for a request, the lane does for the requests it answers: the request id
+    (app/logging.py: bound to its log lines, echoed in ``X-Request-ID``), the HTTP metric with this
+    route's template (app/metrics.py), the answer to an unexpected exception (app/errors.py). Limits
+    (app/limits.py) it need not repeat: it takes only JSON bodies within ``max_bytes``.
 
     The route above stays the contract: its OpenAPI entry, and every answer but those of
-    ``Services.decide``. A request this path does not take whole (a key that is missing, unknown or of
-    too low a scope; a body that is not a JSON object of the schema; a client gone while sending) is handed
-    on to it untouched, its body replayed, before anything was done for it: so the errors are FastAPI's
-    own, as they were. Installed innermost, so the request id, the HTTP metrics (with this route's
-    template) and the body limits apply as to any request.
+    ``Services.decide``. A request the lane does not take whole (a key that is missing, unknown or of too
+    low a scope; a body that is not JSON, too large, or not a JSON object of the schema; a client gone
+    while sending) is handed on to the full stack untouched, its body replayed, before anything was
+    done for it: so its answer is the stack's own, as it was.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.route = next(r for r in router.routes if isinstance(r, APIRoute) and r.path == "/v1/decide")
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app  # the full stack: FastAPI's middleware and routes
+        self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/decide" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
+        """Called for ``POST /v1/decide`` only."""
+        started = time.perf_counter()
         received: list[Message] = []
+        size = 0
         while True:
             message = await receive()
             received.append(message)
-            if message["type"] != "http.request" or not message.get("more_body", False):
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes or not message.get("more_body", False):
                 break
         services: Services = scope["state"]["services"]
-        body = _whole(services, scope, received)
+        body = None if size > self.max_bytes else _whole(services, scope, received)
         if body is None:
             await self.app(scope, _replay(received, receive), send)
             return
-        scope["route"] = self.route  # what the router would record: HttpMetrics labels by it
+        rid = request_id(scope)
+        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+        status = 500
         response: Response
         try:
-            response = _answer(await services.decide(body))
-        except errors.ApiError as exc:
-            response = errors.answer(exc)
-        await response(scope, receive, send)
+            try:
+                content = await services.decide(body)
+            except errors.ApiError as exc:
+                response = errors.answer(exc)
+            except Exception:
+                await _send(errors.unexpected(ROUTE, "POST"), rid, send)
+                raise  # as Starlette's ServerErrorMiddleware does, for the server to log it too
+            else:
+                response = _answer(content)
+            status = response.status_code
+            await _send(response, rid, send)
+        finally:
+            http_request(ROUTE, "POST", status, time.perf_counter() - started)
+        structlog.contextvars.reset_contextvars(**tokens)
+
+
+async def _send(response: Response, rid: str, send: Send) -> None:
+    """``response`` with its ``X-Request-ID`` (which an unexpected error's answer carries already)."""
+    headers = response.raw_headers
+    if not any(k == b"x-request-id" for k, _ in headers):
+        headers = [*headers, (b"x-request-id", rid.encode("latin-1"))]
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
 
 
 def _whole(services: Services, scope: Scope, received: list[Message]) -> DecideIn | None:
-    """The request, when it is one this path takes whole (see FastDecide); else None."""
+    """The request, when it is one the lane takes whole (see FastDecide); else None."""
     if received[-1]["type"] != "http.request":
         return None
-    if not services.keys.open:
-        authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-        if not services.keys.allows(authorization.decode("latin-1") if authorization else None, KeyScope.WEB):
-            return None
+    content_type = authorization = None
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            content_type = value
+        elif name == b"authorization":
+            authorization = value
+    if content_type is None or not is_json(content_type.decode("latin-1")):
+        return None
+    key = authorization.decode("latin-1") if authorization else None
+    if not services.keys.open and not services.keys.allows(key, KeyScope.WEB):
+        return None
     # Parsed and validated in one pass by pydantic-core. Its JSON parser is stricter than the json
     # module FastAPI parses with (no NaN, no lone surrogates): what it refuses, the route answers.
     try:

@@ -410,6 +410,34 @@ async def test_body_at_the_limit_is_taken(make_client: AppFactory, chunked: bool
         assert r.json() == {"accepted": 5, "duplicates": 0}
 
 
+# The decisions' fast lane (app/routes/decisions.py) takes only JSON bodies within the limit; the rest it
+# hands on to the full stack, whose limits answer them as for any route.
+DECIDE = {"customer_id": "c-1", "placement": "web.home", "event": {"type": "page_view"}}
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_decide_body_over_the_limit(make_client: AppFactory, chunked: bool) -> None:
+    data = padded(DECIDE, LIMIT + 1)
+    async with make_client(max_body_bytes=LIMIT) as client:
+        r = await client.post("/v1/decide", content=chunks(data, 700) if chunked else data, headers=JSON)
+        assert str(LIMIT) in error_body(r, 413, "payload_too_large")["detail"]
+        await unknown(client, "c-1")
+        r = await client.post("/v1/decide", content=padded(DECIDE, LIMIT), headers=JSON)
+        assert (r.status_code, r.json()["fallback"]) == (200, False)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [pytest.param({"content-type": "text/plain"}, id="text-plain"), pytest.param({}, id="none")],
+)
+async def test_decide_body_that_is_not_json_by_its_content_type(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    r = await client.post("/v1/decide", content=json.dumps(DECIDE).encode(), headers=headers)
+    assert "application/json" in error_body(r, 415, "unsupported_media_type")["detail"]
+    await unknown(client, "c-1")
+
+
 @pytest.mark.parametrize(
     "headers",
     [

@@ -140,7 +140,7 @@ async def test_a_body_sent_in_pieces_is_decided(api: httpx.AsyncClient) -> None:
     assert [a["action_id"] for a in r.json()["actions"]] == ["generic_banner"]
 
 
-# Bodies the fast path (app/routes/decisions.py FastDecide) does not take: the route answers them.
+# Bodies the fast lane (app/routes/decisions.py FastDecide) does not take: the route answers them.
 @pytest.mark.parametrize(
     ("body", "code", "field", "hint"),
     [

@@ -133,6 +133,13 @@ async def test_a_flow_logs_one_decision_each_with_request_ids_and_no_raw_persona
             bug = await client.get(f"/v1/customers/{CUSTOMER}")
         assert bug.status_code == 500
         assert bug.headers["x-request-id"] in bug.json()["detail"]
+        # The same from the decisions' fast lane, which answers in front of the middleware.
+        with monkeypatch.context() as patch:
+            patch.setattr(Services, "decide", broken)
+            lane_bug = await client.post("/v1/decide", json=body, headers={"X-Request-ID": "req-bug-7"})
+        assert (lane_bug.status_code, lane_bug.headers.get_list("x-request-id")) == (500, ["req-bug-7"])
+        assert lane_bug.json()["error"] == "internal_error"
+        assert "req-bug-7" in lane_bug.json()["detail"]
 
     text = capsys.readouterr().err
     for raw in (CUSTOMER, VISITOR, EMAIL, "secret-42", "secret-7"):
@@ -173,11 +180,13 @@ async def test_a_flow_logs_one_decision_each_with_request_ids_and_no_raw_persona
     assert "request_id" not in by_id[trigger_id]  # not made in a request
     assert fired["customer"] == who
 
-    [error] = [e for e in lines if e["event"] == "unhandled_error"]
+    [error, lane_error] = [e for e in lines if e["event"] == "unhandled_error"]
     assert error["request_id"] == bug.headers["x-request-id"]
     assert error["route"] == "/v1/customers/{customer_id}"
-    assert "exception" in error  # with its traceback, without the frames' local values
-    assert "locals" not in json.dumps(error["exception"])
+    assert (lane_error["request_id"], lane_error["route"]) == ("req-bug-7", "/v1/decide")
+    for logged_error in (error, lane_error):
+        assert "exception" in logged_error  # with its traceback, without the frames' local values
+        assert "locals" not in json.dumps(logged_error["exception"])
 
 
 def test_a_pseudonym_is_stable_keyed_and_the_same_whichever_key_logs_the_customer() -> None:
