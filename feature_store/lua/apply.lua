@@ -31,7 +31,8 @@
 -- buckets into coarser ones, dropping event ids past the dedupe window) and renewing the expiry of
 -- every key happen at most once a minute per profile (the "pruned" field says when). In between, only the
 -- keys this call may have created get an expiry: the others got theirs less than a minute ago (and the
--- inactivity TTL is at least a day), so all expire within a minute of each other.
+-- inactivity TTL is at least a day), so all expire within a minute of each other. A profile's first call
+-- gives one to the keys it wrote, not to all eight: most of them are missing then.
 
 local now_text, ttl = ARGV[1], ARGV[2]
 local now = tonumber(now_text)
@@ -377,8 +378,19 @@ local function apply(kb, first, last)
           end
           redis.call("ZREMRANGEBYSCORE", d, "-inf", "(" .. fmt(cutoff))
         end
-        for _, key in ipairs({p, w, cart, r, d, s, k, pu}) do
-          redis.call("PEXPIRE", key, ttl)
+        if last_pruned then
+          for _, key in ipairs({p, w, cart, r, d, s, k, pu}) do
+            redis.call("PEXPIRE", key, ttl)
+          end
+        else
+          -- A profile's first events: p and r, which they wrote, and the keys they may have created. The
+          -- others are missing (an expiry of a missing key costs a call all the same), or were written
+          -- since with an expiry of their own (a decision's k, a link's keys).
+          redis.call("PEXPIRE", p, ttl)
+          redis.call("PEXPIRE", r, ttl)
+          for key in pairs(created) do
+            redis.call("PEXPIRE", key, ttl)
+          end
         end
       else
         for key in pairs(created) do

@@ -333,6 +333,24 @@ async def test_keys_first_written_between_two_renewals_expire_too(
         assert ttl_ms - 60_000 < raw_redis.pttl(key) <= ttl_ms, key
 
 
+async def test_the_keys_a_profiles_first_events_create_expire(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    """A profile's first call gives an expiry to what it wrote only (apply.lua), not to all eight keys."""
+    await store.ingest(
+        [
+            ev(clock, "page_view", event_id="e-1"),
+            ev(clock, "add_to_cart", props={"item_id": "a", "price": 2.0}),
+            ev(clock, "purchase", props={"item_ids": ["b"], "order_id": "o-1"}),
+        ]
+    )
+    ttl_ms = StoreConfig().profile_ttl_ms
+    written = raw_redis.keys("nba:{c:c-1}:*")
+    assert sorted(written) == sorted(k.customer("c-1").data_keys()[i] for i in (0, 1, 2, 3, 4, 7))
+    for key in written:
+        assert ttl_ms - 60_000 < raw_redis.pttl(key) <= ttl_ms, key
+
+
 async def test_a_batch_of_many_attributes_for_one_profile_applies(store: ProfileStore, clock: Clock) -> None:
     """More profile fields than one Lua call can take as arguments (unpack() stops at a few thousand)."""
     events = [ev(clock, "attributes", props={f"a{i}_{j}": j for j in range(64)}) for i in range(150)]
