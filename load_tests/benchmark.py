@@ -2,7 +2,7 @@
 
     apt-get install wrk                      # the load generator (Debian's, built with LuaJIT)
     pip install -e '.[tools]'                # matplotlib, for the plot
-    python -m load_tests.benchmark           # 1 and 2 workers and the memory measure: about 14 minutes
+    python -m load_tests.benchmark           # 1 and 2 workers and the memory measure: about 16 minutes
     python -m load_tests.benchmark --workers 1 --quick    # a smoke run of about a minute (figures rough)
 
 In one run on this machine, for each worker count (``--workers 1 2``) and each scenario in turn:
@@ -23,6 +23,11 @@ a fallback; events: 202 and all 500 accepted). Then wrk (load_tests/wrk/paced.lu
    latency; up to 64 connections, fewer at low rates so that none idles into uvicorn's keep-alive
    timeout): a ladder of shares of the maximum (10% .. 90%), then a bisection for the highest rate
    whose p99 stays under 10 ms and that was sustained.
+
+Then, when the floor and decide were both measured, ``floor_and_decide_in_turn``: both servers up, the
+floor's closed loop and decide's in turn, three times. Issue 7's target of decide at half the floor is
+judged by the median of the three pairs' ratios (when all six runs were clean): the scenarios' own
+maxima are measured minutes apart, and this machine's speed drifts by more than that in minutes.
 
 Then, when decide and events were both measured, ``decide_during_ingestion``: on a fresh ``nba serve``,
 decide paced at half its maximum while batches of 500 events arrive paced at half theirs (from 2 s
@@ -66,6 +71,7 @@ import os
 import platform
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -95,6 +101,8 @@ DISTURBED_CORES = 0.2  # other processes' CPU during a run above which its figur
 ROUND_TRIPS_PER_DECIDE = "2 (tests/integration/test_round_trips.py)"
 DURING_INGESTION = "decide_during_ingestion"  # run_workers' figures of decide while batches arrive
 BESIDE_MARGIN_S = 2  # the batches run this long before and after the decisions' run
+IN_TURN = "floor_and_decide_in_turn"  # run_workers' figures of the two closed loops taken in turn
+TURNS = 3  # pairs of closed loops (floor, then decide) in IN_TURN
 SERVER_CPU, LOAD_CPU = 0, 1
 
 
@@ -713,12 +721,44 @@ def run_workers(
             print(f"{label} failed: {exc}", file=sys.stderr, flush=True)
             out[scenario.name] = {"error": f"{type(exc).__name__}: {exc}"}
     out["ratios"] = ratios(out)
+    if {FLOOR, DECIDE} <= set(scenarios):
+        out[IN_TURN] = in_turn(workers, plan, quiet_wait_s)
     decide, events = out.get("decide", {}), out.get("events", {})
     if "max_throughput" in decide and "max_throughput" in events:
         decide_max = float(decide["max_throughput"]["achieved_per_s"])
         batches_max = float(events["max_throughput"]["achieved_per_s"])
         out[DURING_INGESTION] = during_ingestion(workers, plan, decide_max, batches_max, quiet_wait_s)
     return out
+
+
+def in_turn(workers: int, plan: Plan, quiet_wait_s: float, turns: int = TURNS) -> dict[str, Any]:
+    """The floor's closed loop and decide's in turn, ``turns`` times, with both servers up: decide over
+    the floor from runs a few seconds apart. The scenarios' own maxima are measured minutes apart, and
+    this machine's speed drifts more than that in minutes (docs/performance.md): the floor moved by a
+    third between two runs of the same code while decide moved by 7%. The median of the pairs' ratios
+    is the one issue 7's target is judged by."""
+    label = f"[{workers} worker{'s' if workers > 1 else ''}] in turn"
+    pairs: list[dict[str, Any]] = []
+    try:
+        with running(FLOOR, workers) as floor, running(DECIDE, workers) as decide:
+            benches: list[Bench] = []
+            for server, scenario in ((floor, FLOOR), (decide, DECIDE)):
+                pinned = place(server.pid, workers)["pinned"]
+                check(server, scenario)
+                bench = Bench(server, scenario, plan, pinned, f"{label} {scenario.name:6}", quiet_wait_s)
+                bench.wrk(0, plan.warmup_s, scenario.closed_connections)  # warm-up, not counted
+                benches.append(bench)
+            for _ in range(turns):
+                floor_max, decide_max = (bench.measure(None, "in_turn") for bench in benches)
+                ratio = float(decide_max["achieved_per_s"]) / float(floor_max["achieved_per_s"])
+                pairs.append({"floor": floor_max, "decide": decide_max, "decide_over_floor": round(ratio, 3)})
+    except Exception as exc:  # recorded in the JSON and flagged; the rest of the benchmark still runs
+        print(f"{label} failed: {exc}", file=sys.stderr, flush=True)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "pairs": pairs,
+        "decide_over_floor_median": statistics.median(p["decide_over_floor"] for p in pairs),
+    }
 
 
 def during_ingestion(
@@ -781,12 +821,19 @@ def targets(one_worker: Mapping[str, Any]) -> dict[str, Any]:
     at_half = next(
         (p for p in decide.get("paced", []) if p["kind"] == "ladder" and _is_half(p, decide)), None
     )
-    decide_ratio = one_worker["ratios"]["decide_over_floor"]
+    # Judged by the closed loops taken in turn (in_turn), when they were run and were clean.
+    paired = one_worker.get(IN_TURN, {})
+    clean = all(p[name]["clean"] for p in paired.get("pairs", []) for name in ("floor", "decide"))
+    apart = one_worker["ratios"]["decide_over_floor"]
+    from_turns = "pairs" in paired and clean
+    decide_ratio = paired["decide_over_floor_median"] if from_turns else apart
     events_per_s = one_worker["ratios"]["events_per_s"]
     events_clean = bool(one_worker.get("events", {}).get("max_throughput", {}).get("clean"))
     return {
         "decide_over_floor_at_least_0.5": {
             "value": decide_ratio,
+            "from": IN_TURN if from_turns else "scenarios",
+            "scenarios_apart": apart,
             "met": decide_ratio is not None and decide_ratio >= 0.5,
         },
         "decide_p99_under_10ms_at_half_its_max": {
@@ -818,6 +865,14 @@ def flags(by_workers: Mapping[str, Mapping[str, Any]]) -> list[str]:
             where = f"{workers} worker(s), {name}"
             if "error" in figures:
                 found.append(f"{where}: failed: {figures['error']}")
+                continue
+            if name == IN_TURN:
+                found += [
+                    f"{where}, {kind} in turn {turn}: {'; '.join(p[kind]['problems'])}"
+                    for turn, p in enumerate(figures["pairs"], 1)
+                    for kind in ("floor", "decide")
+                    if not p[kind]["clean"]
+                ]
                 continue
             if name == DURING_INGESTION:
                 continue
@@ -1091,6 +1146,12 @@ def summary(figures: Mapping[str, Any]) -> dict[str, Any]:
                 "highest_rate_p99_under_10ms": None if top is None else top["target_per_s"],
             }
         out[f"{workers}w ratios"] = scenarios["ratios"]
+        if "pairs" in scenarios.get(IN_TURN, {}):
+            paired = scenarios[IN_TURN]
+            out[f"{workers}w floor and decide in turn"] = {
+                "decide_over_floor": [p["decide_over_floor"] for p in paired["pairs"]],
+                "median": paired["decide_over_floor_median"],
+            }
         if "decide" in scenarios.get(DURING_INGESTION, {}):
             during = scenarios[DURING_INGESTION]
             out[f"{workers}w decide during ingestion"] = {

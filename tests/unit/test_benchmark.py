@@ -16,6 +16,7 @@ from load_tests.benchmark import (
     DURING_INGESTION,
     EVENTS,
     FLOOR,
+    IN_TURN,
     WRK_SCRIPT,
     BenchmarkError,
     WrkRun,
@@ -187,7 +188,12 @@ def test_ratios_targets_and_flags() -> None:
     one["ratios"] = ratios(one)
     assert one["ratios"] == {"decide_over_floor": 0.625, "events_per_s": None}
     met = targets(one)
-    assert met["decide_over_floor_at_least_0.5"] == {"value": 0.625, "met": True}
+    assert met["decide_over_floor_at_least_0.5"] == {
+        "value": 0.625,
+        "from": "scenarios",
+        "scenarios_apart": 0.625,
+        "met": True,
+    }
     assert met["decide_p99_under_10ms_at_half_its_max"]["rate_per_s"] == 1250
     assert met["decide_p99_under_10ms_at_half_its_max"]["met"] is True
     assert met["events_at_least_20000_per_s"]["met"] is False
@@ -196,6 +202,41 @@ def test_ratios_targets_and_flags() -> None:
         "1 worker(s), decide, max throughput: 5 fallbacks",
         "1 worker(s), events: failed: BenchmarkError: events: 503",
     ]
+
+
+def test_the_ratio_target_is_judged_by_the_closed_loops_in_turn_when_they_are_clean() -> None:
+    one: dict[str, Any] = {"floor": scenario_figures(4000), "decide": scenario_figures(1600)}
+    one["ratios"] = ratios(one)
+    pairs = [(4000, 2400), (5000, 2400), (3000, 1800)]
+    one[IN_TURN] = {
+        "pairs": [
+            {
+                "floor": scenario_figures(f)["max_throughput"],
+                "decide": scenario_figures(d)["max_throughput"],
+                "decide_over_floor": round(d / f, 3),
+            }
+            for f, d in pairs
+        ],
+        "decide_over_floor_median": 0.6,
+    }
+    assert targets(one)["decide_over_floor_at_least_0.5"] == {
+        "value": 0.6,
+        "from": IN_TURN,
+        "scenarios_apart": 0.4,
+        "met": True,
+    }
+    assert flags({"1": one}) == []
+    assert summary({"workers": {"1": one}, "flags": []})["1w floor and decide in turn"] == {
+        "decide_over_floor": [0.6, 0.48, 0.6],
+        "median": 0.6,
+    }
+    one[IN_TURN]["pairs"][1]["decide"] = scenario_figures(2400, clean=False)["max_throughput"]
+    assert targets(one)["decide_over_floor_at_least_0.5"]["from"] == "scenarios"
+    assert targets(one)["decide_over_floor_at_least_0.5"]["met"] is False
+    assert flags({"1": one}) == [f"1 worker(s), {IN_TURN}, decide in turn 2: 5 fallbacks"]
+    one[IN_TURN] = {"error": "BenchmarkError: the floor did not start"}
+    assert targets(one)["decide_over_floor_at_least_0.5"]["value"] == 0.4
+    assert flags({"1": one}) == [f"1 worker(s), {IN_TURN}: failed: BenchmarkError: the floor did not start"]
 
 
 def test_a_pass_above_a_failure_is_flagged() -> None:
