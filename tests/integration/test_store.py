@@ -311,32 +311,17 @@ async def test_every_key_expires_after_the_inactivity_period(
         await store.aclose()
 
 
-async def test_keys_first_written_between_two_renewals_expire_too(
-    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+@pytest.mark.parametrize("first", [True, False], ids=["first-call", "between-renewals"])
+async def test_the_keys_a_call_creates_expire(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis, first: bool
 ) -> None:
-    """The expiry of every key is renewed at most once a minute per profile; a key first written in
-    between (here all but the profile and its recent events) gets its expiry when it is written."""
-    clock.now = (clock.now // MINUTE + 1) * MINUTE  # the start of a minute: the next calls stay in it
-    await store.ingest([ev(clock, "page_view", 40 * DAY)])  # older than every window: no bucket
-    clock.advance(5)
-    await store.ingest(
-        [
-            ev(clock, "page_view", event_id="e-1"),
-            ev(clock, "add_to_cart", props={"item_id": "a", "price": 2.0}),
-            ev(clock, "purchase", props={"item_ids": ["b"], "order_id": "o-1"}),
-        ]
-    )
-    ttl_ms = StoreConfig().profile_ttl_ms
-    written = raw_redis.keys("nba:{c:c-1}:*")
-    assert sorted(written) == sorted(k.customer("c-1").data_keys()[i] for i in (0, 1, 2, 3, 4, 7))
-    for key in written:
-        assert ttl_ms - 60_000 < raw_redis.pttl(key) <= ttl_ms, key
-
-
-async def test_the_keys_a_profiles_first_events_create_expire(
-    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
-) -> None:
-    """A profile's first call gives an expiry to what it wrote only (apply.lua), not to all eight keys."""
+    """The expiry of every key is renewed at most once a minute per profile. A profile's first call gives
+    one to what it wrote, not to all eight keys; a key first written in between two renewals (here all
+    but the profile and its recent events) gets its expiry when it is written."""
+    if not first:
+        clock.now = (clock.now // MINUTE + 1) * MINUTE  # the start of a minute: the next calls stay in it
+        await store.ingest([ev(clock, "page_view", 40 * DAY)])  # older than every window: no bucket
+        clock.advance(5)
     await store.ingest(
         [
             ev(clock, "page_view", event_id="e-1"),
