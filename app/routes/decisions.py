@@ -63,9 +63,9 @@ async def get_actions(services: ServicesDep) -> dict[str, Any]:
 
 class FastDecide:
     """The fast lane of ``POST /v1/decide``, the call a website makes on every page view: a well-formed
-    request is answered here, in front of all the middleware (app/main.py ``Service``), without
-    FastAPI's routing, dependency solving and body handling, which took a fifth of a decision's CPU, nor
-    the ten layers of middleware (each a coroutine and a wrapper of ``send``), 5% of its instructions
+    request is answered here, in front of all the middleware (app/main.py ``Service``). It skips FastAPI's
+    routing, dependency solving and body handling, which took a fifth of a decision's CPU, and the ten
+    layers of middleware (each a coroutine and a wrapper of ``send``), 5% of its instructions
     (docs/performance.md).
 
     What those layers do for a request, the lane does for the requests it answers: the request id
