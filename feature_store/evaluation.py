@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 
 from feature_store import keys
+from feature_store.calls import translated
 from feature_store.keys import ProfileKeys
-from feature_store.store import translated
 
 if TYPE_CHECKING:
     from feature_store.store import ProfileStore

@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 from redis import exceptions as rx
 
 from feature_store import keys
+from feature_store.calls import translated as _translated
 from feature_store.keys import ProfileKeys
-from feature_store.store import translated as _translated
 
 GROUP = "learner"
 CONSUMER = "learner"

@@ -15,8 +15,8 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 
 from feature_store import keys
+from feature_store.calls import translated
 from feature_store.learning import GROUP
-from feature_store.store import translated
 
 LAG_COUNT_CAP: Final = 20_000
 STREAMS: Final = {"decisions": keys.DECISION_LOG, "outcomes": keys.OUTCOME_LOG}

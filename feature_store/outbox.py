@@ -30,10 +30,10 @@ from typing import Any, Final, Literal
 import redis.asyncio as aioredis
 
 from feature_store import keys
+from feature_store.calls import lua
+from feature_store.calls import translated as _translated
 from feature_store.keys import IdKind, ProfileKeys
 from feature_store.profile import iso
-from feature_store.store import _lua
-from feature_store.store import translated as _translated
 
 KEEP_DELIVERED_MS: Final = 7 * 86_400_000
 REPLAY_BATCH: Final = 500
@@ -197,7 +197,7 @@ class Outbox:
 
     def __init__(self, client: aioredis.Redis, *, keep_delivered_ms: int = KEEP_DELIVERED_MS) -> None:
         self._redis = client
-        self._script = client.register_script(_lua("outbox.lua"))
+        self._script = client.register_script(lua("outbox.lua"))
         self._keep_ms = keep_delivered_ms
 
     async def enqueue(self, message: Message, due_ms: int) -> bool:

@@ -22,10 +22,8 @@ import json
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 
 import redis.asyncio as aioredis
@@ -35,6 +33,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from feature_store import keys
+from feature_store.calls import lua, translated
 from feature_store.errors import IdentityConflict, StoreUnavailable
 from feature_store.events import (
     TYPES_WITH_EFFECTS,
@@ -48,12 +47,19 @@ from feature_store.events import (
 from feature_store.keys import KEYS_PER_PROFILE, IdKind, ProfileKeys
 from feature_store.multiplex import Multiplexer, pack
 from feature_store.profile import WINDOWS, ContactRecord, Profile, RawProfile, StageRules, decode, merge
+from feature_store.triggers import (
+    SCHEDULE_KEYS,
+    SCHEDULE_SHA,
+    SCHEDULE_SOURCE,
+    TriggerOp,
+    TriggerStore,
+    schedule_args,
+)
 
 if TYPE_CHECKING:
     from feature_store.learning import LearnerStore
     from feature_store.monitoring import MonitoringStore
     from feature_store.outbox import Outbox
-    from feature_store.triggers import TriggerOp, TriggerStore
 
 Clock = Callable[[], float]
 # Events per script call: Redis runs a call whole, so a decision waits for the call running when it
@@ -65,7 +71,6 @@ BULK_COMMANDS: Final = 50
 BULK_EVENTS: Final = 50
 _YIELD_BYTES: Final = 64 * 1024  # a bulk write is packed in parts of this size, the event loop let in between
 CONTACT_HISTORY_MS: Final = 90 * 86_400_000  # the longest window a contact limit may count
-_UNAVAILABLE_REPLIES: Final = ("OOM", "MISCONF", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,17 +112,13 @@ class DecisionRecord:
     log: Mapping[str, str]  # the decision log entry
 
 
-def _lua(name: str) -> str:
-    return resources.files("feature_store").joinpath("lua", name).read_text()
-
-
 def _apply_source() -> str:
     """``apply.lua`` with profile.py's windows, the start of an anonymous visitor's keys and the number
     of keys per profile written in, so that no call has to send or parse them."""
     windows = ", ".join(f'"{w.code}", {w.bucket_ms}, {w.buckets}, "{w.legacy_code}"' for w in WINDOWS)
     anonymous = json.dumps(keys.anonymous("").tag.removesuffix("}"))  # "nba:{a:", a Lua string too
     return (
-        _lua("apply.lua")
+        lua("apply.lua")
         .replace("{WINDOWS_FROM_PROFILE_PY}", "{" + windows + "}")
         .replace("{ANONYMOUS_FROM_KEYS_PY}", anonymous)
         .replace("{KEYS_PER_PROFILE_FROM_KEYS_PY}", str(KEYS_PER_PROFILE))
@@ -215,19 +216,6 @@ def _calls(chunks: Sequence[tuple[ProfileKeys, Sequence[Event]]], by_slot: bool)
     return calls
 
 
-@asynccontextmanager
-async def translated() -> AsyncIterator[None]:
-    """Turn Redis's failures of reach into :class:`StoreUnavailable`; let every other error through."""
-    try:
-        yield
-    except (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, TimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"the profile store is unreachable: {exc}") from exc
-    except rx.ResponseError as exc:
-        if str(exc).startswith(_UNAVAILABLE_REPLIES):
-            raise StoreUnavailable(f"the profile store refused the write: {exc}") from exc
-        raise
-
-
 class ProfileStore:
     """Profiles in Redis. Build with :meth:`connect`, close with :meth:`aclose`.
 
@@ -243,8 +231,8 @@ class ProfileStore:
         self._config = config
         self._clock = clock
         self._apply_src = _apply_source()
-        self._link = client.register_script(_lua("link.lua"))
-        self._contact_src = _lua("contact.lua")
+        self._link = client.register_script(lua("link.lua"))
+        self._contact_src = lua("contact.lua")
         self._apply_sha: str | None = None
         timeout_s = client.connection_pool.connection_kwargs.get("socket_timeout") or 0.5
         # Redis answers one connection's commands in order but takes turns between connections: small
@@ -290,7 +278,7 @@ class ProfileStore:
     async def load_scripts(self) -> None:
         """Load the scripts and open the shared connection now, so the first event does not pay for it."""
         async with translated():
-            await self._load_apply()
+            await self._load_scripts()
 
     async def ping(self) -> None:
         async with translated():
@@ -513,8 +501,6 @@ class ProfileStore:
 
     def triggers(self) -> TriggerStore:
         """Timed triggers' instances, in the same Redis (triggers.py)."""
-        from feature_store.triggers import TriggerStore
-
         return TriggerStore(self._redis)
 
     def outbox(self) -> Outbox:
@@ -621,11 +607,16 @@ class ProfileStore:
         finally:
             await pool.release(connection)
 
-    async def _load_apply(self) -> None:
-        [reply] = await self._pipelined([("SCRIPT", "LOAD", self._apply_src)])
-        if isinstance(reply, Exception):
-            raise reply
-        self._apply_sha = reply
+    async def _load_scripts(self) -> None:
+        """The scripts of :meth:`_apply`: the events' and the trigger schedule's, both then called by
+        their SHA1."""
+        applied, scheduled = await self._pipelined(
+            [("SCRIPT", "LOAD", self._apply_src), ("SCRIPT", "LOAD", SCHEDULE_SOURCE)]
+        )
+        for reply in (applied, scheduled):
+            if isinstance(reply, Exception):
+                raise reply
+        self._apply_sha = applied
 
     async def _apply(
         self,
@@ -638,8 +629,6 @@ class ProfileStore:
         script call; re-send on NOSCRIPT. The trigger ops go in the same round trip, once (repeating them
         would change nothing). Returns each call's profiles (their places in ``calls``) and its reply
         (apply.lua says what it holds)."""
-        from feature_store.triggers import SCHEDULE_KEYS, SCHEDULE_SOURCE, schedule_args
-
         config, now_ms = self._config, self.now_ms()
         schedule = schedule_args(trigger_ops, now_ms - config.dedupe_window_ms)
         head = [str(now_ms), str(config.profile_ttl_ms), str(config.dedupe_window_ms), "1" if read else "0"]
@@ -664,15 +653,17 @@ class ProfileStore:
         async with translated():
             for _ in range(2):
                 if self._apply_sha is None:
-                    await self._load_apply()
+                    await self._load_scripts()
                 commands: list[tuple[Any, ...]] = [("EVALSHA", self._apply_sha, *packed[g]) for g in pending]
                 if schedule:
-                    commands.append(("EVAL", SCHEDULE_SOURCE, 2, *SCHEDULE_KEYS, *schedule))
+                    commands.append(("EVALSHA", SCHEDULE_SHA, 2, *SCHEDULE_KEYS, *schedule))
                 replies = await self._pipelined(commands, events)
                 if schedule:
-                    if isinstance(replies[-1], Exception):
-                        raise replies[-1]
-                    replies, schedule = replies[:-1], []
+                    scheduled, replies = replies[-1], replies[:-1]
+                    if not isinstance(scheduled, rx.NoScriptError):
+                        if isinstance(scheduled, Exception):
+                            raise scheduled
+                        schedule = []
                 missing = []
                 for g, reply in zip(pending, replies, strict=True):
                     if isinstance(reply, rx.NoScriptError):
@@ -681,7 +672,7 @@ class ProfileStore:
                         raise reply
                     else:
                         results[g] = reply
-                if not missing:
+                if not missing and not schedule:
                     break
                 # Redis restarted and lost its script cache; nothing of these calls ran.
                 self._apply_sha = None

@@ -25,7 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from feature_store import keys
-from feature_store.store import _lua, translated
+from feature_store.calls import lua, sha1, translated
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +75,16 @@ class Firing:
         return cls(trigger_id, ref, int(due))
 
 
-SCHEDULE_SOURCE = _lua("triggers_schedule.lua")
+SCHEDULE_SOURCE = lua("triggers_schedule.lua")
+SCHEDULE_SHA = sha1(SCHEDULE_SOURCE)
 SCHEDULE_KEYS = (keys.TRIGGERS_DUE, keys.TRIGGERS_CANCELLED)
 
 
 class TriggerStore:
     def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
-        self._claim = client.register_script(_lua("triggers_claim.lua"))
+        self._claim = client.register_script(lua("triggers_claim.lua"))
+        self._schedule = client.register_script(SCHEDULE_SOURCE)
 
     async def claim(self, now_ms: int, lease_ms: int, limit: int) -> list[Firing]:
         async with translated():
@@ -100,7 +102,7 @@ class TriggerStore:
         """Apply ops on their own (the service pipelines them with the events instead)."""
         if args := schedule_args(ops, forget_before_ms):
             async with translated():
-                await self._redis.eval(SCHEDULE_SOURCE, 2, *SCHEDULE_KEYS, *args)
+                await self._schedule(keys=SCHEDULE_KEYS, args=args)
 
     async def forget(self, ref: str, trigger_ids: Iterable[str]) -> int:
         """Remove a customer's pending instances and remembered cancels (an erasure); how many

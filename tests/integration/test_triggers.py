@@ -26,7 +26,7 @@ from app.main import create_app
 from app.services import Services, trigger_ops
 from app.settings import Settings
 from app.triggers import TriggerWorker, fired_decision_id
-from feature_store import Event, ProfileStore
+from feature_store import Event, Ingested, ProfileStore
 from feature_store import keys as store_keys
 from feature_store.keys import DECISION_LOG, TRIGGERS_DUE, TRIGGERS_FIRING
 from feature_store.outbox import message_id
@@ -121,6 +121,28 @@ async def test_within_one_request_events_count_in_the_order_they_happened(
     await triggers.schedule([op(False, now + 60, "c-a"), op(True, now, "c-a")], 0)  # added, then bought
     await triggers.schedule([op(True, now + 60, "c-b"), op(False, now, "c-b")], 0)  # bought, then added
     assert set(await triggers.pending()) == {"cart_abandonment|c:c-b"}
+
+
+async def test_ops_sent_with_events_are_applied_once_after_redis_lost_its_scripts(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    """The schedule's script is called by its SHA1, as the events' is. A Redis that lost them answers
+    NOSCRIPT to each and ran nothing: the store loads both and sends again what was refused, the events
+    and the ops or the ops alone."""
+    now = clock.now
+    raw_redis.script_flush()
+    assert await store.ingest([event("add_to_cart", "c-1", now, item_id="a")], [op(True, now)]) == Ingested(
+        1, 0
+    )
+    raw_redis.script_flush()
+    raw_redis.script_load(store._apply_src)  # the events' script known, the schedule's not
+    later = event("add_to_cart", "c-2", now, item_id="a")
+    assert await store.ingest([later], [op(True, now, "c-2")]) == Ingested(1, 0)
+    assert set(await store.triggers().pending()) == {"cart_abandonment|c:c-1", "cart_abandonment|c:c-2"}
+    for customer in ("c-1", "c-2"):
+        profile = await store.profile(customer)
+        assert profile is not None
+        assert profile.counts["add_to_cart"].total == 1
 
 
 def test_the_catalogue_says_which_events_start_and_cancel_what(tmp_path: Path) -> None:
