@@ -7,7 +7,7 @@ import random
 import pytest
 import redis
 
-from feature_store import Event, IdentityConflict, IdKind, ProfileStore, StoreConfig
+from feature_store import Event, IdentityConflict, IdKind, ProfileStore, StoreConfig, StoreUnavailable
 from feature_store import keys as k
 from feature_store.store import CHUNK_EVENTS
 from tests.conftest import Clock
@@ -491,3 +491,19 @@ async def test_a_partial_purchase_without_revenue_earns_the_value_of_what_was_bo
     assert profile is not None
     assert profile.revenue == 20.0
     assert profile.cart.value == 5.0
+
+
+async def test_a_redis_that_refuses_writes_is_unavailable_and_other_errors_go_through(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    """Redis out of memory refuses writes: the store is unavailable (HTTP 503, for the caller to retry).
+    An error of the data is not hidden as one."""
+    raw_redis.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(StoreUnavailable, match="refused the write"):
+            await store.ingest([ev(clock, "page_view")])
+    finally:
+        raw_redis.config_set("maxmemory", 0)
+    raw_redis.set(k.customer("c-2").cart, "not a hash")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        await store.ingest([ev(clock, "add_to_cart", customer_id="c-2", props={"item_id": "a"})])
