@@ -66,18 +66,10 @@ def trigger_ops(catalogue: Catalogue, events: Sequence[Event]) -> list[TriggerOp
     ops: list[TriggerOp] = []
     if not catalogue.triggers:
         return ops
-    # Looked up once per type: a batch holds up to 1000 events of a few types.
-    by_type: dict[str, tuple[tuple[bool, str, int], ...]] = {}
     for event in events:
         if event.customer_id is None:
             continue
-        effects = by_type.get(event.type)
-        if effects is None:
-            effects = by_type[event.type] = (
-                *((True, t.id, t.spec.delay) for t in catalogue.triggers_started_by(event.type)),
-                *((False, t.id, t.spec.delay) for t in catalogue.triggers_cancelled_by(event.type)),
-            )
-        if effects:
+        if effects := catalogue.trigger_effects(event.type):
             ref = store_keys.customer(event.customer_id).ref
             for start, trigger_id, delay in effects:
                 ops.append(TriggerOp(start, trigger_id, ref, event.time_ms, delay))

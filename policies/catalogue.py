@@ -16,7 +16,7 @@ from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Final, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
@@ -284,6 +284,9 @@ class CompiledTrigger:
         return self.spec.id
 
 
+_EFFECTS_KEPT: Final = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Catalogue:
     version: str
@@ -299,11 +302,25 @@ class Catalogue:
     sources: Mapping[str, Source] = field(default_factory=dict)
     triggers: Mapping[str, CompiledTrigger] = field(default_factory=dict)
 
-    def triggers_started_by(self, event_type: str) -> tuple[CompiledTrigger, ...]:
-        return tuple(t for t in self.triggers.values() if event_type in t.spec.start)
+    # What each event type seen so far does to the triggers (trigger_effects): most decisions come with a
+    # page view, which starts one.
+    _trigger_effects: dict[str, tuple[tuple[bool, str, int], ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
-    def triggers_cancelled_by(self, event_type: str) -> tuple[CompiledTrigger, ...]:
-        return tuple(t for t in self.triggers.values() if event_type in t.spec.cancel)
+    def trigger_effects(self, event_type: str) -> tuple[tuple[bool, str, int], ...]:
+        """What an event of this type does to the triggers: ``(starts, trigger id, delay in ms)`` for
+        each trigger it starts, then for each it cancels."""
+        effects = self._trigger_effects.get(event_type)
+        if effects is None:
+            triggers = self.triggers.values()
+            effects = (
+                *((True, t.id, t.spec.delay) for t in triggers if event_type in t.spec.start),
+                *((False, t.id, t.spec.delay) for t in triggers if event_type in t.spec.cancel),
+            )
+            if len(self._trigger_effects) < _EFFECTS_KEPT:  # event types are the senders' to name
+                self._trigger_effects[event_type] = effects
+        return effects
 
     def public(self) -> dict[str, Any]:
         """What ``GET /v1/actions`` shows."""
