@@ -10,6 +10,7 @@ from redis import exceptions as rx
 
 from feature_store.errors import StoreUnavailable
 
+_UNREACHABLE: Final = (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, TimeoutError, OSError)
 _UNAVAILABLE_REPLIES: Final = ("OOM", "MISCONF", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN")
 
 
@@ -53,7 +54,6 @@ def _refused(message: str) -> bool:
     return bool(wrapped) and code.startswith(_UNAVAILABLE_REPLIES)
 
 
-_UNREACHABLE: Final = (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, TimeoutError, OSError)
 _TRANSLATED: Final = _Translated()
 
 
