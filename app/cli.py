@@ -73,12 +73,12 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 2
 
-    from feature_store.embedded import EmbeddedRedis, EmbeddedRedisError, die_with_parent
+    from feature_store.embedded import EmbeddedRedisError, die_with_parent
 
     embedded = learner = None
     if settings.redis_url is None:
         try:
-            embedded = EmbeddedRedis(settings.data_dir, fsync=settings.embedded_fsync).start()
+            embedded = settings.embedded_redis().start()
         except EmbeddedRedisError as exc:
             print(f"nba serve: {exc}", file=sys.stderr)
             return 2

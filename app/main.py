@@ -29,7 +29,6 @@ from app.settings import Settings
 from app.snapshots import Models
 from app.triggers import TriggerWorker
 from feature_store import StoreUnavailable
-from feature_store.embedded import EmbeddedRedis
 from policies.catalogue import CatalogueInvalid, default_path
 
 log = structlog.get_logger("nba")
@@ -96,7 +95,7 @@ def create_app(
             if url is None:
                 # Started on the loop's own thread (a blocking moment before any request): the server is
                 # told to die with the thread that started it, and a pool thread may come and go.
-                embedded = EmbeddedRedis(settings.data_dir, fsync=settings.embedded_fsync).start()
+                embedded = settings.embedded_redis().start()
                 stack.callback(embedded.stop)
                 url = embedded.url
                 log.info("embedded_redis_started", data_dir=str(embedded.data_dir))

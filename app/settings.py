@@ -5,10 +5,13 @@ from __future__ import annotations
 import ipaddress
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, FilePath, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from feature_store.embedded import EmbeddedRedis
 
 
 class Scope(StrEnum):
@@ -38,6 +41,12 @@ class Settings(BaseSettings):
         "everysec",
         description="Embedded Redis: flush its append-only file every second (a power cut may lose the "
         "last second) or after every write (slower, loses nothing).",
+    )
+    embedded_redis_conf: FilePath | None = Field(
+        None,
+        description="Embedded Redis: a redis.conf it reads first (maxmemory, the append-only file's "
+        "rewrite policy, CPU lists); the service's own choices (folder, socket or port, address, log, "
+        "persistence) win.",
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -152,3 +161,9 @@ class Settings(BaseSettings):
                 "a-public-key:web') or listen on 127.0.0.1."
             )
         return None
+
+    def embedded_redis(self) -> EmbeddedRedis:
+        """The private redis-server these settings describe, not yet started (used without a redis_url)."""
+        from feature_store.embedded import EmbeddedRedis
+
+        return EmbeddedRedis(self.data_dir, fsync=self.embedded_fsync, conf=self.embedded_redis_conf)

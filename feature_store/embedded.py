@@ -11,6 +11,10 @@ loopback port, and it is told to die with the thread that started it (Linux), so
 the service.
 
 A lock on ``<data>/nba.lock`` keeps two services from sharing one folder.
+
+An operator's own ``redis.conf`` (``conf``) is read first: a memory limit, the append-only file's
+rewrite policy, CPU lists. What the service relies on (the folder, socket or port, address, log file,
+persistence and its fsync, no eviction) is set after it, on the command line, and wins.
 """
 
 from __future__ import annotations
@@ -84,11 +88,13 @@ class EmbeddedRedis:
         port: int | None = None,
         persist: bool = True,
         fsync: str = "everysec",
+        conf: str | os.PathLike[str] | None = None,
         startup_timeout_s: float = 10.0,
     ) -> None:
         if fsync not in ("everysec", "always"):
             raise ValueError("fsync is 'everysec' or 'always'")
         self._fsync = fsync
+        self._conf = None if conf is None else Path(conf).resolve()
         self.data_dir = Path(data_dir).resolve()
         self._port = port
         self._persist = persist
@@ -108,11 +114,15 @@ class EmbeddedRedis:
         return None if self._process is None else self._process.pid
 
     def start(self) -> EmbeddedRedis:
+        if self._conf is not None and not self._conf.is_file():
+            raise EmbeddedRedisError(f"the embedded Redis's configuration file {self._conf} is not a file")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         binary = find_redis_server()
-        args = [binary, "--dir", str(self.data_dir), "--bind", "127.0.0.1", "--protected-mode", "yes"]
+        args = [binary] if self._conf is None else [binary, str(self._conf)]
+        args += ["--dir", str(self.data_dir), "--bind", "127.0.0.1", "--protected-mode", "yes"]
         args += ["--daemonize", "no", "--save", "", "--loglevel", "warning"]
+        args += ["--maxmemory-policy", "noeviction"]  # evicting would drop parts of profiles unseen
         args += ["--logfile", str(self.data_dir / "redis.log")]
         if self._persist:
             args += ["--appendonly", "yes", "--appendfsync", self._fsync]
@@ -124,9 +134,15 @@ class EmbeddedRedis:
         else:
             self._port = self._port or free_port()
             args += ["--port", str(self._port)]
-        self._process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent
-        )
+        # What redis-server says before its log file is open (a refused configuration) goes there too.
+        with (self.data_dir / "redis.log").open("ab") as log:
+            self._process = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                preexec_fn=die_with_parent,
+            )
         self._wait_ready()
         return self
 
@@ -144,7 +160,8 @@ class EmbeddedRedis:
         os.write(fd, str(os.getpid()).encode())
         self._lock = fd
 
-    def _ping(self) -> bool:
+    def _ping(self) -> bytes:
+        """PING's reply (``+PONG``, or ``-LOADING`` while the data is read back), b"" when no answer."""
         family, address = (
             (socket.AF_UNIX, self._socket) if self._socket else (socket.AF_INET, ("127.0.0.1", self._port))
         )
@@ -153,9 +170,9 @@ class EmbeddedRedis:
                 sock.settimeout(0.5)
                 sock.connect(address)
                 sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                return sock.recv(64)
         except OSError:
-            return False
+            return b""
 
     def _wait_ready(self) -> None:
         assert self._process is not None
@@ -166,8 +183,16 @@ class EmbeddedRedis:
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 self.stop()
                 raise EmbeddedRedisError(f"redis-server exited at start-up:\n{tail}")
-            if self._ping():
+            reply = self._ping()
+            if reply.startswith(b"+PONG"):
                 return
+            if reply.startswith((b"-NOAUTH", b"-NOPERM")):
+                self.stop()
+                raise EmbeddedRedisError(
+                    f"the embedded Redis asks for a password ({reply.decode(errors='replace').strip()}); "
+                    "the service connects to it without one: take requirepass or ACL users out of its "
+                    "configuration"
+                )
             time.sleep(0.02)
         self.stop()
         raise EmbeddedRedisError(f"redis-server did not answer within {self._startup_timeout_s:g}s")

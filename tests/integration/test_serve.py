@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from feature_store.embedded import free_port
 from models.local_service import stop
@@ -25,10 +26,10 @@ def _env() -> dict[str, str]:
 
 
 @contextmanager
-def serving(data_dir: Path, port: int) -> Iterator[subprocess.Popen[str]]:
+def serving(data_dir: Path, port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        env=_env(),
+        env=_env() | (env or {}),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -64,10 +65,14 @@ def redis_running_in(data_dir: Path) -> bool:
 def test_serve_keeps_data_across_restarts_and_stops_its_redis(tmp_path: Path) -> None:
     data_dir, port = tmp_path / "data", free_port()
     base = f"http://127.0.0.1:{port}"
-    with serving(data_dir, port):
+    conf = tmp_path / "redis.conf"  # the operator's own, NBA_EMBEDDED_REDIS_CONF
+    conf.write_text("maxmemory 64mb\n")
+    with serving(data_dir, port, {"NBA_EMBEDDED_REDIS_CONF": str(conf)}):
         r = httpx.post(f"{base}/v1/events", json={"customer_id": "c-1", "type": "signup"})
         assert r.status_code == 202
         assert redis_running_in(data_dir)
+        with redis.Redis(unix_socket_path=str(data_dir / "redis.sock"), decode_responses=True) as client:
+            assert client.config_get("maxmemory") == {"maxmemory": str(64 * 1024 * 1024)}
 
         second = subprocess.run(
             [

@@ -1,0 +1,61 @@
+"""The embedded redis-server with an operator's own redis.conf: read first, the service's choices win,
+and a configuration it cannot run with is refused at start with Redis's own reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+from pydantic import ValidationError
+
+from app.settings import Settings
+from feature_store.embedded import EmbeddedRedis, EmbeddedRedisError
+
+
+def _conf(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "redis.conf"
+    path.write_text(text)
+    return path
+
+
+def test_an_operators_conf_is_read_and_the_services_own_settings_win(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    lines = ["maxmemory 12mb", "maxmemory-policy allkeys-lru", "appendonly no", f"dir {tmp_path}"]
+    lines.append("loglevel debug")
+    conf = _conf(tmp_path, "\n".join(lines) + "\n")
+    with EmbeddedRedis(data, conf=conf) as server, redis.Redis.from_url(server.url) as client:
+        assert client.config_get("maxmemory") == {"maxmemory": "12582912"}
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("dir") == {"dir": str(data.resolve())}
+        assert client.config_get("loglevel") == {"loglevel": "warning"}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert server.url == f"unix://{data.resolve()}/redis.sock"
+
+
+def test_a_conf_redis_refuses_stops_the_start_with_its_reason_and_frees_the_folder(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with pytest.raises(EmbeddedRedisError, match=r"(?s)exited at start-up.*maxmemroy"):
+        EmbeddedRedis(data, conf=_conf(tmp_path, "maxmemroy 12mb\n")).start()
+    with EmbeddedRedis(data) as server, redis.Redis.from_url(server.url) as client:
+        assert client.ping()
+
+
+def test_a_missing_conf_is_named(tmp_path: Path) -> None:
+    with pytest.raises(EmbeddedRedisError, match=r"configuration file .*nope\.conf is not a file"):
+        EmbeddedRedis(tmp_path / "data", conf=tmp_path / "nope.conf").start()
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_conf_that_asks_for_a_password_is_refused_at_once(tmp_path: Path) -> None:
+    conf = _conf(tmp_path, "requirepass s3cret\n")
+    with pytest.raises(EmbeddedRedisError, match=r"asks for a password .*NOAUTH.*requirepass"):
+        EmbeddedRedis(tmp_path / "data", conf=conf, startup_timeout_s=30).start()
+    with EmbeddedRedis(tmp_path / "data") as server, redis.Redis.from_url(server.url) as client:
+        assert client.ping()
+
+
+def test_the_setting_names_a_conf_that_is_not_there(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NBA_EMBEDDED_REDIS_CONF", str(tmp_path / "nope.conf"))
+    with pytest.raises(ValidationError, match=r"(?s)embedded_redis_conf.*does not point to a file"):
+        Settings(_env_file=None)
