@@ -3,6 +3,9 @@ and a configuration it cannot run with is refused at start with Redis's own reas
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from pydantic import ValidationError
 
 from app.settings import Settings
 from feature_store.embedded import EmbeddedRedis, EmbeddedRedisError
+from load_tests.benchmark import redis_conf
 
 
 def _conf(tmp_path: Path, text: str) -> Path:
@@ -59,3 +63,24 @@ def test_the_setting_names_a_conf_that_is_not_there(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("NBA_EMBEDDED_REDIS_CONF", str(tmp_path / "nope.conf"))
     with pytest.raises(ValidationError, match=r"(?s)embedded_redis_conf.*does not point to a file"):
         Settings(_env_file=None)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin Redis to one")
+def test_the_benchmarks_conf_lets_the_rewrite_of_a_pinned_redis_use_every_cpu(tmp_path: Path) -> None:
+    """load_tests/benchmark.py pins redis-server to one CPU; its rewrite child may run on any."""
+    conf = _conf(tmp_path, redis_conf())
+    every = os.sched_getaffinity(0)
+    with EmbeddedRedis(tmp_path / "data", conf=conf) as server, redis.Redis.from_url(server.url) as client:
+        assert server.pid is not None
+        os.sched_setaffinity(server.pid, {min(every)})
+        client.execute_command("DEBUG", "POPULATE", 1_000_000)  # a rewrite long enough to be seen
+        client.bgrewriteaof()
+        seen: set[frozenset[int]] = set()  # the child sets its CPUs just after it forks: read until then
+        deadline = time.monotonic() + 10
+        while frozenset(every) not in seen and time.monotonic() < deadline:
+            for child in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    seen.add(frozenset(os.sched_getaffinity(int(child))))
+        assert seen, "no rewrite child seen"
+        assert frozenset(every) in seen
+        assert os.sched_getaffinity(server.pid) == {min(every)}
