@@ -43,8 +43,10 @@ Every run also records how much CPU other processes on the machine took meanwhil
 (``other_cpu_cores``): runs beside other work are run again (the maximum up to twice, a paced rate
 once), the least disturbed is kept, and one still disturbed is flagged. On a shared machine,
 ``--quiet-wait S`` also waits up to S seconds before each run for the others to go quiet. Beside it,
-each run records the cores each of the server's processes took (``server_cpu_cores``, wrk's too) and
-how busy each CPU was (``cpu_busy``): whether the rate was bound by a core, or by a wait with cores idle.
+each run records the cores each of the server's processes took (``server_cpu_cores``, wrk's too), how
+busy each CPU was (``cpu_busy``): whether the rate was bound by a core, or by a wait with cores idle,
+and how many times Redis forked to rewrite its append-only file (``redis_forks``), which takes a core
+for seconds.
 
 CPU placement (2 cores): with one worker, the server process (uvicorn runs it in ``nba serve``'s own
 process) is pinned to CPU 0, and wrk, redis-server and the learner to CPU 1; the floor alike. With two
@@ -85,6 +87,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from feature_store.embedded import find_redis_server, free_port
 from load_tests.bench_memory import measure as measure_memory
@@ -485,6 +488,16 @@ def wrk_finished(process: subprocess.Popen[str], duration_s: int) -> WrkRun:
 class Server:
     base_url: str
     pid: int
+    redis_url: str | None = None  # the embedded Redis's, when the server is the service
+
+
+def redis_forks(server: Server) -> int | None:
+    """How many children the server's Redis has forked since it started (INFO stats ``total_forks``):
+    each one an append-only file rewrite here, which takes a core for seconds."""
+    if server.redis_url is None:
+        return None
+    with redis.Redis.from_url(server.redis_url, socket_timeout=5) as client:
+        return int(client.info("stats")["total_forks"])
 
 
 @contextlib.contextmanager
@@ -537,7 +550,7 @@ def running(scenario: Scenario, workers: int) -> Iterator[Server]:
         conf.write_text(redis_conf())
         env = {"NBA_EMBEDDED_REDIS_CONF": str(conf)}
         with running_service("--workers", str(workers), env=env, ready_within_s=60.0) as service:
-            yield Server(service.base_url, service.pid)
+            yield Server(service.base_url, service.pid, service.redis_url)
 
 
 FLOOR_BODY = {
@@ -584,6 +597,7 @@ class Bench:
     runs: int = 0
     meter: CpuMeter = field(init=False)
     roles: dict[int, str] = field(init=False)  # the server's processes: which is the worker, Redis, ...
+    forks: int | None = field(default=None, init=False)  # Redis's in the last run: its AOF rewrites
 
     def __post_init__(self) -> None:
         pids = [self.server.pid, *descendants(self.server.pid)]
@@ -632,8 +646,11 @@ class Bench:
         ticks = {pid: _process_ticks(pid) for pid in self.roles}
         waited = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's, once it is waited for
         per_cpu = cpu_ticks(Path("/proc/stat").read_text())
+        forks = redis_forks(self.server)
         started = time.monotonic()
         run = wrk_finished(self._start_wrk(args), duration_s)
+        after = redis_forks(self.server)
+        self.forks = None if forks is None or after is None else after - forks
         other = self.meter.other_cores()
         busy = cores_busy(per_cpu, cpu_ticks(Path("/proc/stat").read_text()))
         elapsed = time.monotonic() - started
@@ -668,6 +685,7 @@ class Bench:
             measured = point(run, self.scenario, target, other, kind)
             measured["server_cpu_cores"] = cores
             measured["cpu_busy"] = busy
+            measured["redis_forks"] = self.forks
             if target is not None:
                 measured["connections"] = paced_connections(target)
             measured["attempt"] = attempt
@@ -805,6 +823,7 @@ def during_ingestion(
     measured = point(run, DECIDE, rate, other, "during_ingestion")
     measured["server_cpu_cores"] = cores  # wrk's: the decisions' only
     measured["cpu_busy"] = busy
+    measured["redis_forks"] = decisions.forks
     measured["connections"] = paced_connections(rate)
     measured["attempt"] = 1
     _log(label, measured)
