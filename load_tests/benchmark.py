@@ -50,9 +50,8 @@ for seconds.
 
 CPU placement (2 cores): with one worker, the server process (uvicorn runs it in ``nba serve``'s own
 process) is pinned to CPU 0, and wrk, redis-server and the learner to CPU 1; the floor alike. With two
-workers no core is free: nothing is pinned, and the JSON says so. Either way the child redis-server
-forks to rewrite its append-only file may run on any CPU (``redis_conf``), as on a machine where
-nothing is pinned; forked from a pinned Redis, it would otherwise share Redis's core.
+workers no core is free: nothing is pinned, and the JSON says so. The child redis-server forks to
+rewrite its append-only file keeps Redis's CPU, so with one worker the worker's core stays its own.
 
 Then Redis memory per profile (load_tests/bench_memory.py: 1,000,000 profiles by default, about two
 minutes; ``--memory-profiles N``, 0 to skip). Redis round trips per decide are counted by a test, not
@@ -78,7 +77,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -530,27 +528,14 @@ def running_floor(workers: int, ready_within_s: float = 30.0) -> Iterator[Server
             process.stderr.close()
 
 
-def redis_conf() -> str:
-    """The embedded Redis's configuration for a run (NBA_EMBEDDED_REDIS_CONF): the rewrite of its
-    append-only file may run on any CPU this process may. A child forks with its parent's CPUs, so
-    without it the rewrite of a Redis pinned to LOAD_CPU (``place``) would take Redis's own core, where
-    on a machine that pins nothing the kernel runs it on whichever core is free. Redis sets the child's
-    CPUs itself as it forks (``aof_rewrite_cpulist``, Linux)."""
-    return f"aof_rewrite_cpulist {','.join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)))}\n"
-
-
 @contextlib.contextmanager
 def running(scenario: Scenario, workers: int) -> Iterator[Server]:
     if scenario is FLOOR:
         with running_floor(workers) as floor:
             yield floor
         return
-    with tempfile.TemporaryDirectory(prefix="nba-bench-") as folder:
-        conf = Path(folder) / "redis.conf"
-        conf.write_text(redis_conf())
-        env = {"NBA_EMBEDDED_REDIS_CONF": str(conf)}
-        with running_service("--workers", str(workers), env=env, ready_within_s=60.0) as service:
-            yield Server(service.base_url, service.pid, service.redis_url)
+    with running_service("--workers", str(workers), ready_within_s=60.0) as service:
+        yield Server(service.base_url, service.pid, service.redis_url)
 
 
 FLOOR_BODY = {
@@ -1112,7 +1097,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "code": code_version(),
         "method": {
             "load_generator": "wrk -t1 with load_tests/wrk/paced.lua (bodies, pacing, counters)",
-            "embedded_redis_conf": redis_conf().strip(),
             "warmup_s": plan.warmup_s,
             "quiet_wait_s": args.quiet_wait,
             "max_throughput": {

@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from app.settings import Settings
 from feature_store.embedded import EmbeddedRedis, EmbeddedRedisError
-from load_tests.benchmark import redis_conf
 
 
 def _conf(tmp_path: Path, text: str) -> Path:
@@ -66,10 +65,10 @@ def test_the_setting_names_a_conf_that_is_not_there(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin Redis to one")
-def test_the_benchmarks_conf_lets_the_rewrite_of_a_pinned_redis_use_every_cpu(tmp_path: Path) -> None:
-    """load_tests/benchmark.py pins redis-server to one CPU; its rewrite child may run on any."""
-    conf = _conf(tmp_path, redis_conf())
+def test_a_conf_can_let_the_rewrite_of_a_pinned_redis_use_every_cpu(tmp_path: Path) -> None:
+    """The example of docs/operations.md: a child forks with its parent's CPUs, unless Redis is told."""
     every = os.sched_getaffinity(0)
+    conf = _conf(tmp_path, f"aof_rewrite_cpulist {','.join(str(cpu) for cpu in sorted(every))}\n")
     with EmbeddedRedis(tmp_path / "data", conf=conf) as server, redis.Redis.from_url(server.url) as client:
         assert server.pid is not None
         os.sched_setaffinity(server.pid, {min(every)})
