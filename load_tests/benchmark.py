@@ -634,8 +634,6 @@ class Bench:
         forks = redis_forks(self.server)
         started = time.monotonic()
         run = wrk_finished(self._start_wrk(args), duration_s)
-        after = redis_forks(self.server)
-        self.forks = None if forks is None or after is None else after - forks
         other = self.meter.other_cores()
         busy = cores_busy(per_cpu, cpu_ticks(Path("/proc/stat").read_text()))
         elapsed = time.monotonic() - started
@@ -647,6 +645,8 @@ class Bench:
         # The load generator shares a core with Redis (one worker): its share is part of the picture.
         spent = usage.ru_utime + usage.ru_stime - waited.ru_utime - waited.ru_stime
         cores["wrk"] = round(spent / elapsed, 2)
+        after = redis_forks(self.server)  # a call to Redis, once the run's own figures are taken
+        self.forks = None if forks is None or after is None else after - forks
         return run, other, cores, busy
 
     def _wait_for_quiet(self) -> None:
