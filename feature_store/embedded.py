@@ -15,6 +15,11 @@ A lock on ``<data>/nba.lock`` keeps two services from sharing one folder.
 An operator's own ``redis.conf`` (``conf``) is read first: a memory limit, the append-only file's
 rewrite policy, CPU lists. What the service relies on (the folder, socket or port, address, log file,
 persistence and its fsync, no eviction) is set after it, on the command line, and wins.
+
+Redis's background children (the rewrite of the append-only file each time it doubles, a snapshot)
+run in the idle scheduling class (Linux): a rewrite takes a core for seconds, and at idle priority it
+takes only the CPU time that nothing else wants, so Redis's own thread and the service's workers are
+never kept waiting for it (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import suppress
 from importlib.util import find_spec
@@ -62,6 +69,62 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# A background child of redis-server names its temporary file after its process id as it starts: an
+# append-only file rewrite ``temp-rewriteaof-<pid>.aof`` (renamed ``temp-rewriteaof-bg-<pid>.aof`` when
+# done), a snapshot ``temp-<pid>.rdb``. Both in Redis's working folder.
+_CHILD_FILE = re.compile(r"temp-(?:rewriteaof-(?:bg-)?)?(\d+)\.(?:aof|rdb)")
+
+
+def _parent(pid: int) -> int | None:
+    """The parent process id of ``pid``, or ``None`` when there is no such process (Linux's /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[1])  # the name, in parentheses, may hold spaces
+
+
+class IdleChildren(threading.Thread):
+    """Put redis-server's background children in the idle scheduling class (``SCHED_IDLE``) as they
+    start, found by the temporary file each one names after itself.
+
+    An append-only file rewrite takes a core for seconds, each time the file doubles. Left at normal
+    priority it shares a core with Redis or with a worker, and every request waits behind it. In the
+    idle class it runs on time no other process wants, and anything else that wakes on its core takes
+    the core at once. The cost: on a machine whose cores are all busy for minutes on end, a rewrite
+    waits that long, and Redis keeps what was written meanwhile in memory until it is done.
+
+    A thread of the process that started Redis; it looks every ``interval_s`` (a rewrite lasts
+    seconds), and touches only processes whose parent is ``server_pid``."""
+
+    def __init__(self, server_pid: int, folder: Path, interval_s: float = 0.05) -> None:
+        super().__init__(name="nba-redis-idle-children", daemon=True)
+        self._server_pid = server_pid
+        self._folder = folder
+        self._interval_s = interval_s
+        self._stopping = threading.Event()
+        self.lowered = 0  # children put in the idle class so far
+
+    def run(self) -> None:
+        seen: set[int] = set()
+        while not self._stopping.wait(self._interval_s):
+            try:
+                names = os.listdir(self._folder)
+            except OSError:
+                continue
+            found = {int(m[1]) for name in names if (m := _CHILD_FILE.fullmatch(name))}
+            for pid in found - seen:
+                if _parent(pid) == self._server_pid:
+                    with suppress(OSError):  # it may have finished since
+                        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+                        self.lowered += 1
+            seen = found
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
 
 
 def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -102,6 +165,7 @@ class EmbeddedRedis:
         self._process: subprocess.Popen[bytes] | None = None
         self._lock: int | None = None
         self._socket: str | None = None
+        self.idle_children: IdleChildren | None = None  # Linux only
 
     @property
     def url(self) -> str:
@@ -144,6 +208,9 @@ class EmbeddedRedis:
                 preexec_fn=die_with_parent,
             )
         self._wait_ready()
+        if hasattr(os, "SCHED_IDLE") and Path("/proc").is_dir():
+            self.idle_children = IdleChildren(self._process.pid, self.data_dir)
+            self.idle_children.start()
         return self
 
     def _take_lock(self) -> None:
@@ -199,6 +266,9 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         """Stop the server (it writes its append-only file on the way out) and release the folder."""
+        if self.idle_children is not None:
+            self.idle_children.stop()
+            self.idle_children = None
         if self._process is not None:
             if self._process.poll() is None:
                 self._process.terminate()

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -14,6 +17,8 @@ from pydantic import ValidationError
 
 from app.settings import Settings
 from feature_store.embedded import EmbeddedRedis, EmbeddedRedisError
+
+T = TypeVar("T")
 
 
 def _conf(tmp_path: Path, text: str) -> Path:
@@ -83,3 +88,55 @@ def test_a_conf_can_let_the_rewrite_of_a_pinned_redis_use_every_cpu(tmp_path: Pa
         assert seen, "no rewrite child seen"
         assert frozenset(every) in seen
         assert os.sched_getaffinity(server.pid) == {min(every)}
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if int(Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                    found.append(int(entry))
+    return found
+
+
+def _eventually(check: Callable[[], T | None], within_s: float, what: str) -> T:
+    deadline = time.monotonic() + within_s
+    while (found := check()) is None or found == []:
+        assert time.monotonic() < deadline, f"no {what} within {within_s:g}s"
+        time.sleep(0.01)
+    return found
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="scheduling classes are Linux's")
+def test_a_rewrite_of_the_append_only_file_runs_in_the_idle_scheduling_class(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "data") as server, redis.Redis.from_url(server.url) as client:
+        assert server.pid is not None
+        assert server.idle_children is not None
+        client.execute_command("DEBUG", "POPULATE", 400)
+        client.config_set("rdb-key-save-delay", 5000)  # µs per key: the rewrite takes about 2 s
+        client.bgrewriteaof()
+        (child,) = _eventually(lambda: _children(server.pid), 5, "rewrite child")
+        assert os.sched_getscheduler(server.pid) == os.SCHED_OTHER  # Redis itself is left as it is
+        _eventually(lambda: os.sched_getscheduler(child) == os.SCHED_IDLE or None, 1, "idle class")
+        assert server.idle_children.lowered == 1
+        client.config_set("rdb-key-save-delay", 0)
+        _eventually(lambda: client.info("persistence")["aof_rewrite_in_progress"] == 0 or None, 10, "end")
+        assert client.info("persistence")["aof_last_bgrewrite_status"] == "ok"
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="scheduling classes are Linux's")
+def test_a_process_that_is_not_redis_s_child_is_left_alone(tmp_path: Path) -> None:
+    """A temporary file left by an earlier run may name a process id since given to another process."""
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        with EmbeddedRedis(tmp_path / "data") as server:
+            (server.data_dir / f"temp-{other.pid}.rdb").write_bytes(b"")
+            (server.data_dir / f"temp-rewriteaof-bg-{other.pid}.aof").write_bytes(b"")
+            time.sleep(0.3)  # six looks
+            assert os.sched_getscheduler(other.pid) == os.SCHED_OTHER
+            assert server.idle_children is not None
+            assert server.idle_children.lowered == 0
+    finally:
+        other.kill()
+        other.wait()
