@@ -69,6 +69,10 @@ def test_the_setting_names_a_conf_that_is_not_there(monkeypatch: pytest.MonkeyPa
         Settings(_env_file=None)
 
 
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin Redis to one")
 def test_a_conf_can_let_the_rewrite_of_a_pinned_redis_use_every_cpu(tmp_path: Path) -> None:
     """The example of docs/operations.md: a child forks with its parent's CPUs, unless Redis is told."""
@@ -82,22 +86,12 @@ def test_a_conf_can_let_the_rewrite_of_a_pinned_redis_use_every_cpu(tmp_path: Pa
         seen: set[frozenset[int]] = set()  # the child sets its CPUs just after it forks: read until then
         deadline = time.monotonic() + 10
         while frozenset(every) not in seen and time.monotonic() < deadline:
-            for child in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split():
+            for child in _children(server.pid):
                 with contextlib.suppress(ProcessLookupError):
-                    seen.add(frozenset(os.sched_getaffinity(int(child))))
+                    seen.add(frozenset(os.sched_getaffinity(child)))
         assert seen, "no rewrite child seen"
         assert frozenset(every) in seen
         assert os.sched_getaffinity(server.pid) == {min(every)}
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if int(Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[1]) == pid:
-                    found.append(int(entry))
-    return found
 
 
 def _eventually(check: Callable[[], T | None], within_s: float, what: str) -> T:
