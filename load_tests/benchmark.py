@@ -394,6 +394,11 @@ def pinned(workers: int) -> bool:
     return workers == 1 and (os.cpu_count() or 1) >= 2
 
 
+def rewrite_cpus() -> list[int]:
+    """The CPUs Redis's rewrite child may use when the server is pinned: every one this process may."""
+    return sorted(os.sched_getaffinity(0))
+
+
 def place(server_pid: int, workers: int) -> dict[str, Any]:
     """CPU placement: with one worker, the server process on CPU 0 and its children (redis-server, the
     learner) and wrk on CPU 1, Redis's rewrite child on any CPU at idle priority (``running``); with
@@ -409,7 +414,7 @@ def place(server_pid: int, workers: int) -> dict[str, Any]:
     processes += [
         {"role": role(pid), "pid": pid, "cpus": pin(pid, {LOAD_CPU})} for pid in descendants(server_pid)
     ]
-    rewrite = {"cpus": sorted(os.sched_getaffinity(0)), "scheduling": "idle (SCHED_IDLE)"}
+    rewrite = {"cpus": rewrite_cpus(), "scheduling": "idle (SCHED_IDLE)"}
     return {"pinned": True, "wrk_cpus": [LOAD_CPU], "processes": processes, "redis_rewrite_child": rewrite}
 
 
@@ -550,7 +555,7 @@ def running(scenario: Scenario, workers: int) -> Iterator[Server]:
         if pinned(workers):
             # Redis will be pinned to the load's CPU; its rewrite child (idle priority) is not.
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nba-bench-")))
-            cpus = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)))
+            cpus = ",".join(str(cpu) for cpu in rewrite_cpus())
             (folder / "redis.conf").write_text(f"aof_rewrite_cpulist {cpus}\n")
             env["NBA_EMBEDDED_REDIS_CONF"] = str(folder / "redis.conf")
         service = stack.enter_context(
