@@ -120,6 +120,24 @@ async def test_a_decision_is_logged_with_what_the_policy_saw(
     assert 2 * 3600 - 60 < raw_redis.ttl(key) <= 2 * 3600
 
 
+async def test_a_decision_and_the_events_it_read_are_kept_compact_in_the_embedded_redis(
+    make_client: AppFactory, raw_redis: redis.Redis
+) -> None:
+    """The summary (with its features' JSON) and the recent events (each event's JSON) have values longer
+    than Redis's default limit for its compact encoding: the embedded Redis's limit keeps them compact."""
+    async with make_client(decision_budget_ms=ROOMY) as api:
+        await faq_views(api, "c-1", 2)
+        answer = await decide(api, "c-1", context={"device": "mobile"})
+    summary = raw_redis.hgetall(f"nba:dec:{answer['decision_id']}")
+    recent = raw_redis.zrange("nba:{c:c-1}:r", 0, -1)
+    assert max(len(value) for value in summary.values()) > 64
+    assert len(recent) == 2
+    assert min(len(member) for member in recent) > 64
+    compact = {"ziplist", "listpack"}  # Redis 6's name and Redis 7's
+    assert raw_redis.object("encoding", f"nba:dec:{answer['decision_id']}") in compact
+    assert raw_redis.object("encoding", "nba:{c:c-1}:r") in compact
+
+
 async def test_control_gets_only_exempt_actions_and_keeps_its_group_when_the_share_changes(
     make_client: AppFactory, raw_redis: redis.Redis, tmp_path: Path
 ) -> None:

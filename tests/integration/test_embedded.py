@@ -41,6 +41,32 @@ def test_an_operators_conf_is_read_and_the_services_own_settings_win(tmp_path: P
         assert server.url == f"unix://{data.resolve()}/redis.sock"
 
 
+def _encodings(client: redis.Redis, value_bytes: int) -> tuple[str, str]:
+    """How Redis keeps a one-field hash and a one-member sorted set whose value is ``value_bytes`` long."""
+    value = "v" * value_bytes
+    client.hset("h", "features", value)
+    client.zadd("z", {value: 1})
+    return client.object("encoding", "h").decode(), client.object("encoding", "z").decode()
+
+
+COMPACT = {"ziplist", "listpack"}  # Redis 6's name for the encoding and Redis 7's
+
+
+def test_hashes_and_sorted_sets_with_values_of_up_to_1024_bytes_are_kept_compact(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "data") as server, redis.Redis.from_url(server.url) as client:
+        assert set(_encodings(client, 1024)) <= COMPACT
+        client.delete("h", "z")
+        assert _encodings(client, 1025) == ("hashtable", "skiplist")
+
+
+def test_an_operators_conf_keeps_its_own_limit_for_compact_values(tmp_path: Path) -> None:
+    conf = _conf(tmp_path, "# the default\nHASH-MAX-ZIPLIST-VALUE 64\n")
+    with EmbeddedRedis(tmp_path / "data", conf=conf) as server, redis.Redis.from_url(server.url) as client:
+        hash_encoding, zset_encoding = _encodings(client, 500)
+        assert hash_encoding == "hashtable"
+        assert zset_encoding in COMPACT
+
+
 def test_a_conf_redis_refuses_stops_the_start_with_its_reason_and_frees_the_folder(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with pytest.raises(EmbeddedRedisError, match=r"(?s)exited at start-up.*maxmemroy"):
