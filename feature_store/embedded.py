@@ -82,14 +82,14 @@ def free_port() -> int:
 # with a limit of 1,024 they stay compact, and Redis's memory per decision falls from about 3,200 to
 # 1,900 bytes (docs/performance.md). The names are Redis 6's; Redis 7 takes them as aliases of its own
 # (``hash-max-listpack-value``). An operator's file that sets either name keeps its value.
-COMPACT_VALUES: Final = {
-    "hash-max-ziplist-value": ("hash-max-ziplist-value", "hash-max-listpack-value"),
-    "zset-max-ziplist-value": ("zset-max-ziplist-value", "zset-max-listpack-value"),
-}
+COMPACT_VALUES: Final = (
+    ("hash-max-ziplist-value", "hash-max-listpack-value"),
+    ("zset-max-ziplist-value", "zset-max-listpack-value"),
+)
 COMPACT_VALUE_BYTES: Final = 1024
 
 
-def directives(conf: Path) -> set[str]:
+def _directives(conf: Path) -> set[str]:
     """The directives a ``redis.conf`` sets, lower-cased (not those of the files it includes)."""
     found = set()
     for line in conf.read_text(errors="replace").splitlines():
@@ -215,10 +215,10 @@ class EmbeddedRedis:
         args += ["--dir", str(self.data_dir), "--bind", "127.0.0.1", "--protected-mode", "yes"]
         args += ["--daemonize", "no", "--save", "", "--loglevel", "warning"]
         args += ["--maxmemory-policy", "noeviction"]  # evicting would drop parts of profiles unseen
-        operators = set() if self._conf is None else directives(self._conf)
-        for name, spellings in COMPACT_VALUES.items():
+        operators = set() if self._conf is None else _directives(self._conf)
+        for spellings in COMPACT_VALUES:
             if operators.isdisjoint(spellings):
-                args += [f"--{name}", str(COMPACT_VALUE_BYTES)]
+                args += [f"--{spellings[0]}", str(COMPACT_VALUE_BYTES)]
         args += ["--logfile", str(self.data_dir / "redis.log")]
         if self._persist:
             args += ["--appendonly", "yes", "--appendfsync", self._fsync]

@@ -41,15 +41,15 @@ def test_an_operators_conf_is_read_and_the_services_own_settings_win(tmp_path: P
         assert server.url == f"unix://{data.resolve()}/redis.sock"
 
 
+COMPACT = {"ziplist", "listpack"}  # Redis 6's name for the encoding and Redis 7's
+
+
 def _encodings(client: redis.Redis, value_bytes: int) -> tuple[str, str]:
     """How Redis keeps a one-field hash and a one-member sorted set whose value is ``value_bytes`` long."""
     value = "v" * value_bytes
     client.hset("h", "features", value)
     client.zadd("z", {value: 1})
     return client.object("encoding", "h").decode(), client.object("encoding", "z").decode()
-
-
-COMPACT = {"ziplist", "listpack"}  # Redis 6's name for the encoding and Redis 7's
 
 
 def test_hashes_and_sorted_sets_with_values_of_up_to_1024_bytes_are_kept_compact(tmp_path: Path) -> None:
