@@ -46,7 +46,8 @@ once), the least disturbed is kept, and one still disturbed is flagged. On a sha
 each run records the cores each of the server's processes took (``server_cpu_cores``, wrk's too), how
 busy each CPU was (``cpu_busy``): whether the rate was bound by a core, or by a wait with cores idle,
 and how many times Redis forked to rewrite its append-only file (``redis_forks``), which takes a core
-for seconds.
+for seconds, with how long Redis stopped for the last of those forks (``redis_fork_pause_ms``) and its
+memory at the end of the run (``redis_used_memory_mb``).
 
 CPU placement (2 cores): with one worker, the server process (uvicorn runs it in ``nba serve``'s own
 process) is pinned to CPU 0, and wrk, redis-server and the learner to CPU 1; the floor alike. With two
@@ -505,13 +506,37 @@ class Server:
     redis_url: str | None = None  # the embedded Redis's, when the server is the service
 
 
-def redis_forks(server: Server) -> int | None:
-    """How many children the server's Redis has forked since it started (INFO stats ``total_forks``):
-    each one an append-only file rewrite here, which takes a core for seconds."""
+@dataclass(frozen=True, slots=True)
+class RedisState:
+    """What the server's Redis says of its forks and memory (INFO stats and memory)."""
+
+    forks: int  # children forked since it started: each one an append-only file rewrite here
+    last_fork_ms: float  # how long Redis stopped for the latest fork, while its page tables were copied
+    used_memory_mb: float
+
+
+def redis_state(server: Server) -> RedisState | None:
+    """The server's Redis's state; None for a server without one (the floor)."""
     if server.redis_url is None:
         return None
     with redis.Redis.from_url(server.redis_url, socket_timeout=5) as client:
-        return int(client.info("stats")["total_forks"])
+        stats, memory = client.info("stats"), client.info("memory")
+    return RedisState(
+        int(stats["total_forks"]), int(stats["latest_fork_usec"]) / 1000, int(memory["used_memory"]) / 1e6
+    )
+
+
+def redis_in_run(before: RedisState | None, after: RedisState | None) -> dict[str, Any]:
+    """A run's record of Redis: how many times it forked during the run, how long it stopped for the
+    last of those forks, and its memory at the end (a fork's pause grows with the memory)."""
+    if before is None or after is None:
+        return {"redis_forks": None}
+    forks = after.forks - before.forks
+    return {
+        "redis_forks": forks,
+        "redis_fork_pause_ms": round(after.last_fork_ms, 1) if forks else None,
+        "redis_used_memory_mb": round(after.used_memory_mb, 1),
+    }
 
 
 @contextlib.contextmanager
@@ -608,7 +633,7 @@ class Bench:
     runs: int = 0
     meter: CpuMeter = field(init=False)
     roles: dict[int, str] = field(init=False)  # the server's processes: which is the worker, Redis, ...
-    forks: int | None = field(default=None, init=False)  # Redis's in the last run: its AOF rewrites
+    redis: dict[str, Any] = field(default_factory=dict, init=False)  # in the last run (redis_in_run)
 
     def __post_init__(self) -> None:
         pids = [self.server.pid, *descendants(self.server.pid)]
@@ -657,7 +682,7 @@ class Bench:
         ticks = {pid: _process_ticks(pid) for pid in self.roles}
         waited = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's, once it is waited for
         per_cpu = cpu_ticks(Path("/proc/stat").read_text())
-        forks = redis_forks(self.server)
+        before = redis_state(self.server)
         started = time.monotonic()
         run = wrk_finished(self._start_wrk(args), duration_s)
         other = self.meter.other_cores()
@@ -671,8 +696,8 @@ class Bench:
         # The load generator shares a core with Redis (one worker): its share is part of the picture.
         spent = usage.ru_utime + usage.ru_stime - waited.ru_utime - waited.ru_stime
         cores["wrk"] = round(spent / elapsed, 2)
-        after = redis_forks(self.server)  # a call to Redis, once the run's own figures are taken
-        self.forks = None if forks is None or after is None else after - forks
+        # A call to Redis, once the run's own figures are taken.
+        self.redis = redis_in_run(before, redis_state(self.server))
         return run, other, cores, busy
 
     def _wait_for_quiet(self) -> None:
@@ -696,7 +721,7 @@ class Bench:
             measured = point(run, self.scenario, target, other, kind)
             measured["server_cpu_cores"] = cores
             measured["cpu_busy"] = busy
-            measured["redis_forks"] = self.forks
+            measured.update(self.redis)
             if target is not None:
                 measured["connections"] = paced_connections(target)
             measured["attempt"] = attempt
@@ -834,7 +859,7 @@ def during_ingestion(
     measured = point(run, DECIDE, rate, other, "during_ingestion")
     measured["server_cpu_cores"] = cores  # wrk's: the decisions' only
     measured["cpu_busy"] = busy
-    measured["redis_forks"] = decisions.forks
+    measured.update(decisions.redis)
     measured["connections"] = paced_connections(rate)
     measured["attempt"] = 1
     _log(label, measured)

@@ -19,6 +19,7 @@ from load_tests.benchmark import (
     IN_TURN,
     WRK_SCRIPT,
     BenchmarkError,
+    RedisState,
     WrkRun,
     bisect,
     bracket,
@@ -33,6 +34,7 @@ from load_tests.benchmark import (
     point,
     problems,
     ratios,
+    redis_in_run,
     summary,
     targets,
 )
@@ -257,6 +259,20 @@ def test_each_cpu_is_as_busy_as_its_ticks_not_idle_or_waiting_on_io() -> None:
     first, second = cpu_ticks(before), cpu_ticks(after)
     assert first == [(20, 120), (40, 140)]
     assert cores_busy(first, second) == [0.5, 1.0]  # cpu0: 50 of 100 (40 idle, 10 iowait); cpu1: all
+
+
+def test_a_run_records_redis_s_forks_the_last_one_s_pause_and_its_memory() -> None:
+    before = RedisState(forks=3, last_fork_ms=2.5, used_memory_mb=120.04)
+    forked = RedisState(forks=4, last_fork_ms=8.26, used_memory_mb=180.06)
+    assert redis_in_run(before, forked) == {
+        "redis_forks": 1,
+        "redis_fork_pause_ms": 8.3,
+        "redis_used_memory_mb": 180.1,
+    }
+    # A pause from before the run is not the run's.
+    unforked = replace(forked, forks=3)
+    assert redis_in_run(before, unforked)["redis_fork_pause_ms"] is None
+    assert redis_in_run(None, None) == {"redis_forks": None}  # the floor has no Redis
 
 
 def test_paced_runs_use_fewer_connections_at_low_rates() -> None:
