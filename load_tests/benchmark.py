@@ -528,7 +528,7 @@ def redis_state(server: Server) -> RedisState | None:
 
 def redis_in_run(before: RedisState | None, after: RedisState | None) -> dict[str, Any]:
     """A run's record of Redis: how many times it forked during the run, how long it stopped for the
-    last of those forks, and its memory at the end (a fork's pause grows with the memory)."""
+    last of those forks, and its memory at the end (beside which a fork's pause is read)."""
     if before is None or after is None:
         return {"redis_forks": None}
     forks = after.forks - before.forks
