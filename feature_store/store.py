@@ -183,7 +183,7 @@ def _raw(
     contacts: tuple[tuple[str, float], ...] = (),
     purchases: tuple[tuple[str, float], ...] = (),
 ) -> RawProfile:
-    """A profile from a script's reply: the hashes as flat [field, value, ...] lists."""
+    """A profile from link.lua's reply: the hashes as flat [field, value, ...] lists."""
     return RawProfile(
         _pairs(profile), _pairs(windows), _pairs(cart), _scored(recent), dedupe, aliases, contacts, purchases
     )
@@ -331,7 +331,15 @@ class ProfileStore:
         if result[0] == "redirect":
             profile_keys = keys.customer(result[1])
             [(_, [result])] = await self._apply([(profile_keys, events)], read=True)
-        raw = _raw(*result[3:7], aliases=frozenset(result[7]), contacts=_scored(result[8]))
+        profile_hash, windows, cart, recent_json, aliases, contacts = result[3:9]
+        raw = RawProfile(
+            _pairs(profile_hash),
+            _pairs(windows),
+            _pairs(cart),
+            aliases=frozenset(aliases),
+            contacts=_scored(contacts),
+            recent_json=recent_json,
+        )
         kind_name = "customer" if profile_keys.kind is IdKind.CUSTOMER else "anonymous"
         profile = None
         if raw.exists:

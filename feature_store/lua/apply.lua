@@ -13,9 +13,10 @@
 --
 -- Reading back, returns one reply per profile, in KEYS order: {"redirect", customer_id} when the id is
 -- an anonymous id already linked to a customer (nothing applied; the caller re-sends to the customer),
--- else {"ok", accepted, duplicates, p, w, cart, r, s, k}. Else one list for the call (a reply per
--- profile cost Redis more than some commands): the events accepted, the duplicates, then for each
--- profile redirected its place among the call's profiles (from 1) and the customer id.
+-- else {"ok", accepted, duplicates, p, w, cart, r, s, k}, with r one JSON array (newest_first). Else
+-- one list for the call (a reply per profile cost Redis more than some commands): the events
+-- accepted, the duplicates, then for each profile redirected its place among the call's profiles (from
+-- 1) and the customer id.
 --
 -- Every change to a profile happens inside this script, so an event is applied whole or not at all.
 --
@@ -407,11 +408,29 @@ local function apply(kb, first, last)
   return accepted, duplicates
 end
 
+-- The recent events (JSON objects) as one JSON array, newest first, events of the same time in the
+-- set's order: what profile.py decodes, in one parse and with no scores to turn into numbers.
+local function newest_first(r)
+  local flat, out = redis.call("ZRANGE", r, 0, -1, "WITHSCORES"), {}
+  local last = #flat - 1
+  while last > 0 do
+    local first = last
+    while first > 2 and flat[first - 1] == flat[last + 1] do
+      first = first - 2
+    end
+    for i = first, last, 2 do
+      out[#out + 1] = flat[i]
+    end
+    last = first - 2
+  end
+  return "[" .. table.concat(out, ",") .. "]"
+end
+
 -- One profile as it is now: its keys are the KEYS_PER_PROFILE after KEYS[kb].
 local function read(kb, accepted, duplicates)
   local p, w, cart, r, s, k = KEYS[kb + 1], KEYS[kb + 2], KEYS[kb + 3], KEYS[kb + 4], KEYS[kb + 6], KEYS[kb + 7]
   return {"ok", accepted, duplicates, redis.call("HGETALL", p), redis.call("HGETALL", w),
-    redis.call("HGETALL", cart), redis.call("ZRANGE", r, 0, -1, "WITHSCORES"), redis.call("SMEMBERS", s),
+    redis.call("HGETALL", cart), newest_first(r), redis.call("SMEMBERS", s),
     redis.call("ZRANGEBYSCORE", k, "(" .. fmt(now - tonumber(ARGV[5])), "+inf", "WITHSCORES")}
 end
 

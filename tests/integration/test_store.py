@@ -9,6 +9,7 @@ import redis
 
 from feature_store import Event, IdentityConflict, IdKind, ProfileStore, StoreConfig, StoreUnavailable
 from feature_store import keys as k
+from feature_store.profile import RawProfile, decode
 from feature_store.store import CHUNK_EVENTS
 from tests.conftest import Clock
 
@@ -227,6 +228,29 @@ async def test_recent_events_keep_the_newest_twenty_by_event_time(store: Profile
     profile = await store.profile("c-1")
     assert profile is not None
     assert [e.properties["article_id"] for e in profile.recent] == [f"art-{i}" for i in range(20)]
+
+
+async def test_recent_events_read_back_newest_first_and_same_time_ones_in_the_sets_order(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    """apply.lua hands the recent events back as one JSON array; its order is the one profile.py gives
+    the sorted set's pairs (the link's read): by time, newest first, ties as the set orders them."""
+    times = [0, 0, 30, 30, 30, 60, 0, 90]
+    await store.ingest(
+        [
+            ev(clock, "faq_view", s, props={"article_id": f"a-{i}"}, event_id=f"e-{i}")
+            for i, s in enumerate(times)
+        ]
+    )
+    profile = await store.profile("c-1")
+    assert profile is not None
+    pairs = tuple((m, float(score)) for m, score in raw_redis.zrange("nba:{c:c-1}:r", 0, -1, withscores=True))
+    from_pairs = decode(RawProfile(profile={"first": "1"}, recent=pairs), id="c-1", kind="customer", now_ms=0)
+    assert [e.properties["article_id"] for e in profile.recent] == [
+        e.properties["article_id"] for e in from_pairs.recent
+    ]
+    assert [e.time_ms for e in profile.recent] == sorted((e.time_ms for e in profile.recent), reverse=True)
+    assert len({e.time_ms for e in profile.recent}) == 4  # ties among them
 
 
 async def test_event_ids_dedupe_within_the_window_and_not_after(
