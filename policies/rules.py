@@ -7,6 +7,10 @@ fastest by an order of magnitude: one run of ``python -m load_tests.bench_rules`
 pre-compiled three-clause rule at 11 µs with simpleeval (one evaluator per decision, shared by its
 rules), 332 µs with rule-engine and 377 µs with cel-python (median per evaluation).
 
+A rule made only of names, literals, arithmetic, comparisons and and/or/not (most rules) is also
+compiled into closures that evaluate it as simpleeval does, with simpleeval's own operators: 0.98
+against 6.05 µs for that rule in one run of the same benchmark (see ``_closures``).
+
 What a rule may name:
 
 - ``profile.<feature>``: a profile feature (the names are given to :func:`compile_rule`; unknown ones
@@ -32,11 +36,17 @@ from __future__ import annotations
 import ast
 import difflib
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from simpleeval import DEFAULT_OPERATORS, EvalWithCompoundTypes, InvalidExpression
+from simpleeval import (
+    DEFAULT_OPERATORS,
+    MAX_STRING_LENGTH,
+    EvalWithCompoundTypes,
+    InvalidExpression,
+    NameNotDefined,
+)
 
 
 class RuleError(ValueError):
@@ -77,10 +87,14 @@ class _Names:
         raise KeyError(name)
 
 
+Direct = Callable[[Mapping[str, Any], Mapping[str, Any]], Any]  # (profile, context) -> the rule's value
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     source: str
     tree: ast.AST
+    direct: Direct | None = None  # the same rule as closures, when it has only what they take (_direct)
 
     def evaluate(self, profile: Mapping[str, Any], context: Mapping[str, Any]) -> bool:
         """Whether the rule holds. Raises :class:`RuleEvaluationError` when it cannot be evaluated."""
@@ -101,16 +115,19 @@ _evaluators = _Evaluators()
 class RuleScope:
     """One profile and one context, against which many rules are evaluated (one per decision)."""
 
-    __slots__ = ("_names",)
+    __slots__ = ("_context", "_names", "_profile")
 
     def __init__(self, profile: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+        self._profile, self._context = profile, context
         self._names = _Names(profile, context)
 
     def holds(self, rule: Rule) -> bool:
         """Whether ``rule`` holds. Raises :class:`RuleEvaluationError` when it cannot be evaluated."""
-        evaluator = _evaluators.evaluator
-        evaluator.names = self._names
         try:
+            if rule.direct is not None:
+                return bool(rule.direct(self._profile, self._context))
+            evaluator = _evaluators.evaluator
+            evaluator.names = self._names
             return bool(evaluator.eval(rule.source, previously_parsed=rule.tree))
         except (
             InvalidExpression,
@@ -171,7 +188,8 @@ def compile_rule(source: str, features: Collection[str]) -> Rule:
     called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     for node in ast.walk(tree):
         _check_node(node, features, called)
-    return Rule(source, _Direct(called).visit(tree))
+    tree = _Direct(called).visit(tree)
+    return Rule(source, tree, _closures(tree, source))
 
 
 def _check_node(node: ast.AST, features: Collection[str], called: set[int]) -> None:
@@ -238,3 +256,111 @@ def _check_feature(name: str, features: Collection[str]) -> None:
         close = difflib.get_close_matches(name, features, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise RuleError(f"unknown feature profile.{name}{hint}")
+
+
+# Most rules compare features and context values with literals and arithmetic, joined by and/or/not.
+# Such a rule is also compiled into closures, one per node, which evaluate it as simpleeval does (the
+# same operator functions, the same values, the same errors) in a fraction of the time: simpleeval
+# dispatches and checks every node's value on every evaluation, and a decision evaluates a rule per
+# action. Nothing in them can reach a function or an attribute: they read names, compute and compare.
+# Any other construct (a method call, an attribute, ``x if c else y``) leaves the rule to simpleeval.
+_LITERALS: Final = (str, int, float, bool, type(None))
+_COLLECTIONS: Final[dict[type[ast.expr], Callable[[Any], Any]]] = {
+    ast.Tuple: tuple,
+    ast.List: list,
+    ast.Set: set,
+}
+
+
+def _closures(node: ast.expr, source: str) -> Direct | None:
+    """``node`` (a checked, rewritten tree) as closures over (profile, context), or None."""
+    if isinstance(node, ast.Constant):
+        value = node.value
+        if not isinstance(value, _LITERALS) or (isinstance(value, str) and len(value) > MAX_STRING_LENGTH):
+            return None
+        return lambda profile, context: value
+    if isinstance(node, ast.Name):
+        return _name(node.id, source)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not | ast.USub | ast.UAdd):
+        operand, unary = _closures(node.operand, source), DEFAULT_OPERATORS[type(node.op)]
+        if operand is None:
+            return None
+        return lambda profile, context: unary(operand(profile, context))
+    if type(node) in _COLLECTIONS:
+        assert isinstance(node, ast.Tuple | ast.List | ast.Set)
+        items = [None if isinstance(e, ast.Starred) else _closures(e, source) for e in node.elts]
+        if None in items:
+            return None
+        build = _COLLECTIONS[type(node)]
+        return lambda profile, context: build([item(profile, context) for item in items])  # type: ignore[misc]
+    if isinstance(node, ast.BinOp):  # simpleeval's own operators: they bound powers and repetitions
+        left, right, binary = (
+            _closures(node.left, source),
+            _closures(node.right, source),
+            DEFAULT_OPERATORS[type(node.op)],
+        )
+        if left is None or right is None:
+            return None
+        return lambda profile, context: binary(left(profile, context), right(profile, context))
+    if isinstance(node, ast.BoolOp):
+        values = [_closures(value, source) for value in node.values]
+        if None in values:
+            return None
+        return _boolop(isinstance(node.op, ast.And), values)  # type: ignore[arg-type]
+    if isinstance(node, ast.Compare):
+        operands = [_closures(operand, source) for operand in (node.left, *node.comparators)]
+        if None in operands:
+            return None
+        return _compare([DEFAULT_OPERATORS[type(op)] for op in node.ops], operands)  # type: ignore[arg-type]
+    return None
+
+
+def _name(name: str, source: str) -> Direct | None:
+    """A name ``_Direct`` made, read as :class:`_Names` reads it; a missing one fails as in simpleeval."""
+    if name.startswith(_CONTEXT_PREFIX):
+        key = name[len(_CONTEXT_PREFIX) :]
+        return lambda profile, context: context.get(key)
+    if not name.startswith(_PROFILE_PREFIX):
+        return None  # ``context`` itself: only its methods and subscripts read it, which simpleeval does
+    feature = name[len(_PROFILE_PREFIX) :]
+
+    def read(profile: Mapping[str, Any], context: Mapping[str, Any]) -> Any:
+        try:
+            return profile[feature]
+        except KeyError:
+            raise NameNotDefined(name, source) from None
+
+    return read
+
+
+def _boolop(conjunction: bool, values: list[Direct]) -> Direct:
+    """``and`` / ``or`` as Python (and simpleeval) evaluate them: the value that decided, not a bool."""
+
+    def evaluate(profile: Mapping[str, Any], context: Mapping[str, Any]) -> Any:
+        result: Any = False
+        for value in values:
+            result = value(profile, context)
+            if bool(result) is not conjunction:
+                break
+        return result
+
+    return evaluate
+
+
+def _compare(operators: list[Callable[[Any, Any], Any]], operands: list[Direct]) -> Direct:
+    """A comparison, chained as in Python: ``a < b < c`` is ``a < b and b < c``, each operand read once."""
+    if len(operators) == 1:
+        operator, left, right = operators[0], operands[0], operands[1]
+        return lambda profile, context: operator(left(profile, context), right(profile, context))
+
+    def evaluate(profile: Mapping[str, Any], context: Mapping[str, Any]) -> Any:
+        right = operands[0](profile, context)
+        result: Any = True
+        for operator, operand in zip(operators, operands[1:], strict=True):
+            if not result:
+                break
+            left, right = right, operand(profile, context)
+            result = operator(left, right)
+        return result
+
+    return evaluate
