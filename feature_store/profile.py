@@ -70,6 +70,7 @@ _CONSIDERATION_TYPES: Final = (
     "product_view", "search", "faq_view", "add_to_cart", "remove_from_cart", "checkout_started",
     "signup", "email_click",
 )  # fmt: skip
+_CONSIDERATION_FIELDS: Final = tuple(f"n:{t}" for t in _CONSIDERATION_TYPES)  # their counters' fields
 DAY_MS: Final = 86_400_000
 
 
@@ -272,7 +273,7 @@ def stage(p: Mapping[str, str], cart_lines: int, now_ms: int, rules: StageRules 
     checkout = _int(p.get("t:checkout_started"))
     if cart_lines > 0 or (checkout is not None and now_ms - checkout <= rules.checkout_days * DAY_MS):
         return "purchase"
-    if any(f"n:{t}" in p for t in _CONSIDERATION_TYPES):
+    if any(name in p for name in _CONSIDERATION_FIELDS):
         return "consideration"
     return "awareness"
 

@@ -115,20 +115,37 @@ class Decision:
     model_version: str
 
 
-def _count(contacts: Sequence[Contact], now_ms: int, per_ms: int, kind: ContactKind, **match: str) -> int:
-    since = now_ms - per_ms
-    return sum(
-        1
-        for c in contacts
-        if c.kind == kind and c.time_ms > since and all(getattr(c, k) == v for k, v in match.items())
-    )
+def _count(
+    contacts: Sequence[Contact],
+    now_ms: int,
+    per_ms: int,
+    kind: ContactKind,
+    action_id: str | None = None,
+    channel: str | None = None,
+) -> int:
+    """The contacts of ``kind`` within ``per_ms`` before ``now_ms``, of ``action_id`` or ``channel`` when
+    given."""
+    since, count = now_ms - per_ms, 0
+    for c in contacts:
+        if (
+            c.kind == kind
+            and c.time_ms > since
+            and (action_id is None or c.action_id == action_id)
+            and (channel is None or c.channel == channel)
+        ):
+            count += 1
+    return count
 
 
 def _first_full(
-    limits: Sequence[Limit], contacts: Sequence[Contact], now_ms: int, **match: str
+    limits: Sequence[Limit],
+    contacts: Sequence[Contact],
+    now_ms: int,
+    action_id: str | None = None,
+    channel: str | None = None,
 ) -> Limit | None:
     for limit in limits:
-        if _count(contacts, now_ms, limit.per, "served", **match) >= limit.max:
+        if _count(contacts, now_ms, limit.per, "served", action_id, channel) >= limit.max:
             return limit
     return None
 
@@ -149,6 +166,8 @@ def _contact_policy(
     action: CompiledAction, catalogue: Catalogue, situation: Situation
 ) -> tuple[Status, str] | None:
     spec, contacts, now = action.spec, situation.contacts, situation.now_ms
+    if not contacts:  # nothing served, dismissed or converted: no policy can hold the action back
+        return None
     if not spec.reoffer_after_conversion and any(
         c.kind == "conversion" and c.action_id == spec.id for c in contacts
     ):
@@ -162,14 +181,16 @@ def _contact_policy(
     ):
         return "suppressed", f"dismissed {spec.suppress.dismissals} times within {_human(spec.suppress.per)}"
     policy = catalogue.contact_policy
-    for scope, limits, match in (
-        ("action", spec.limits, {"action_id": spec.id}),
-        (f"{spec.channel} channel", policy.channels.get(spec.channel, ()), {"channel": spec.channel}),
-        ("overall", policy.overall, {}),
-    ):
-        full = _first_full(limits, contacts, now, **match)
-        if full is not None:
-            return "capped", f"{scope} limit of {full.max} per {_human(full.per)} reached"
+    full = _first_full(spec.limits, contacts, now, action_id=spec.id)
+    scope = "action"
+    if full is None:
+        full = _first_full(policy.channels.get(spec.channel, ()), contacts, now, channel=spec.channel)
+        scope = f"{spec.channel} channel"
+    if full is None:
+        full = _first_full(policy.overall, contacts, now)
+        scope = "overall"
+    if full is not None:
+        return "capped", f"{scope} limit of {full.max} per {_human(full.per)} reached"
     return None
 
 

@@ -95,6 +95,22 @@ def test_a_limit_holds_exactly_max(fixture_catalogue: Catalogue, count: int, exp
         assert reason == "web channel limit of 3 per 30m reached"
 
 
+@pytest.mark.parametrize(
+    ("contacts", "expected"),
+    [
+        ((), ("chosen", "drawn")),
+        ((served("a", "web", 59 * MINUTE),), ("capped", "action limit of 1 per 1h reached")),
+        ((served("a", "web", 60 * MINUTE),), ("chosen", "drawn")),
+        ((served("b", "web", MINUTE), served("a", "email", MINUTE, "dismiss")), ("chosen", "drawn")),
+    ],
+)
+def test_an_action_limit_counts_that_actions_serves_only(
+    tmp_path: Path, contacts: tuple[ContactRecord, ...], expected: tuple[str, str]
+) -> None:
+    c = catalogue(tmp_path, BASE + "    limits: [{max: 1, per: 1h}]\n")
+    assert statuses(c, "web.home", situation(contacts=contacts))["a"] == expected
+
+
 def test_the_overall_limit_counts_every_channel(fixture_catalogue: Catalogue) -> None:
     contacts = tuple(served("x", "sms", i * HOUR) for i in range(5))
     assert statuses(fixture_catalogue, "web.product_page", situation(contacts=contacts))[
