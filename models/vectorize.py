@@ -43,10 +43,14 @@ def vector(
     hour = (now_ms % _DAY_MS) / 3_600_000
     x["hour.sin"] = math.sin(2 * math.pi * hour / 24)
     x["hour.cos"] = math.cos(2 * math.pi * hour / 24)
+    # Over a hundred features a decision, most of them 0 or never: the recencies found by their first
+    # letter before the method call, and a falsy value (which adds nothing but a recency) passed over.
     for name, value in features.items():
-        if name.startswith("days_since_"):
+        if name[0] == "d" and name.startswith("days_since_"):
             if isinstance(value, int | float) and value < _YEAR_DAYS:
                 x[f"recency_{name.removeprefix('days_since_')}"] = 1.0 - max(0.0, float(value)) / _YEAR_DAYS
+            continue
+        if not value:
             continue
         if isinstance(value, bool):
             if value:

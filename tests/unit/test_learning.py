@@ -281,6 +281,40 @@ def test_the_scorer_scores_a_snapshot_as_the_learner_learned_it(catalogue: Catal
     assert got == pytest.approx(from_model(sigmoid(z)), rel=1e-6)  # the prior weighs 20 in 10**9
 
 
+def test_the_vector_of_each_kind_of_feature() -> None:
+    features = {
+        "days_since_page_view": 0.0,  # just now: the highest recency, though 0
+        "days_since_purchase": 73.0,
+        "days_since_signup": NEVER,  # never: no recency
+        "days_since_first_seen": 400.0,  # over a year: none either
+        "delivery_scan_total": 2,  # a custom type's counter that begins with d
+        "page_view_total": 0,
+        "revenue": 100_000.0,  # NEVER's value, but an amount
+        "orders": 3,
+        "is_known": True,
+        "purchased_7d": False,
+        "cart_value": 12.5,
+        "stage": "retention",
+        "articles_read": frozenset({"returns"}),  # sets and maps are not in the vector
+        "consent": {"email": True},
+    }
+    x = vector(features, {}, "web.home", NOW)
+    hour = (NOW % 86_400_000) / 3_600_000
+    assert x == {
+        "placement=web.home": 1.0,
+        "hour.sin": math.sin(2 * math.pi * hour / 24),
+        "hour.cos": math.cos(2 * math.pi * hour / 24),
+        "recency_page_view": 1.0,
+        "recency_purchase": pytest.approx(0.8),
+        "delivery_scan_total": math.log1p(2),
+        "revenue": math.log1p(100_000.0),
+        "orders": math.log1p(3),
+        "is_known": 1.0,
+        "cart_value": math.log1p(12.5),
+        "stage=retention": 1.0,
+    }
+
+
 def test_categorical_context_is_crossed_in_pairs_for_the_first_keys() -> None:
     x = vector({}, {"segment": "deal", "device": "mobile", "price": 12.5, "vip": True}, "web.p", NOW)
     assert x["ctx.device=mobile&segment=deal"] == 1.0
