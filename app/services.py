@@ -38,7 +38,7 @@ from feature_store import Event, IdKind, ProfileStore, StageRules, StoreConfig, 
 from feature_store import keys as store_keys
 from feature_store.features import NEVER, features
 from feature_store.outbox import Message
-from feature_store.profile import ContactRecord, iso
+from feature_store.profile import ContactRecord, contacts, held_out, iso
 from feature_store.store import DecisionRecord, Ingested
 from feature_store.triggers import TriggerOp
 from policies import funnel
@@ -272,15 +272,17 @@ class Services:
                 read = await self.store.apply_and_read(profile_keys, events, ops)
                 ingested = read.ingested
                 metrics.ingested(ingested.accepted, ingested.duplicates)
-                profile = read.profile
+                raw = read.raw
+                customer = read.keys.kind is IdKind.CUSTOMER
+                rules = self.store.stage_rules
                 situation = Situation(
                     customer=read.keys.ref,
-                    features=features(profile, now_ms, catalogue.event_types),
+                    features=features(raw, now_ms, catalogue.event_types, known=customer, rules=rules),
                     context=body.context,
-                    contacts=profile.contacts if profile else (),
+                    contacts=contacts(raw) if raw.exists else (),
                     now_ms=now_ms,
-                    group=profile.group if profile else None,
-                    held_out=profile.held_out if profile else {},
+                    group=raw.profile.get("g"),
+                    held_out=held_out(raw.profile),
                 )
                 decision = funnel.decide(
                     catalogue,

@@ -39,7 +39,7 @@ import structlog
 from app import metrics
 from app.schemas import DecideIn
 from app.services import Services
-from feature_store import StoreUnavailable
+from feature_store import IdKind, StoreUnavailable
 from feature_store.features import features
 from feature_store.keys import ProfileKeys
 from feature_store.outbox import Outbox, delivery
@@ -123,11 +123,15 @@ class TriggerWorker:
             return Fired("dropped:late")
         decision_id = fired_decision_id(firing)
         profile_keys = ProfileKeys.parse(firing.ref)
-        profile = await self.services.store.profile(profile_keys.id, profile_keys.kind)
-        if profile is None:  # erased since it started
+        store = self.services.store
+        read = await store.apply_and_read(profile_keys, [])
+        if not read.raw.exists:  # erased since it started
             bound.info("trigger_dropped", reason="no_profile")
             return Fired("dropped:no_profile")
-        seen = features(profile, self._now_ms(), catalogue.event_types)
+        customer = read.keys.kind is IdKind.CUSTOMER
+        seen = features(
+            read.raw, self._now_ms(), catalogue.event_types, known=customer, rules=store.stage_rules
+        )
         summary = await self.services.store.decision(decision_id)
         if summary is None:
             if not _holds(trigger, seen, bound):

@@ -185,7 +185,8 @@ class Profile:
     contacts: tuple[ContactRecord, ...] = ()
 
 
-def _int(value: str | None) -> int | None:
+def as_int(value: str | None) -> int | None:
+    """A stored time or count (``None`` when the field is missing)."""
     return None if value is None else int(float(value))
 
 
@@ -265,12 +266,12 @@ _BUCKETS_KEPT: Final = 100_000
 
 def stage(p: Mapping[str, str], cart_lines: int, now_ms: int, rules: StageRules = StageRules()) -> str:
     orders = int(p.get("orders", 0))
-    last_purchase = _int(p.get("t:purchase"))
+    last_purchase = as_int(p.get("t:purchase"))
     if orders > 0:
         if last_purchase is not None and now_ms - last_purchase > rules.lapsed_after_days * DAY_MS:
             return "lapsed"
         return "loyalty" if orders >= rules.loyal_orders else "retention"
-    checkout = _int(p.get("t:checkout_started"))
+    checkout = as_int(p.get("t:checkout_started"))
     if cart_lines > 0 or (checkout is not None and now_ms - checkout <= rules.checkout_days * DAY_MS):
         return "purchase"
     if any(name in p for name in _CONSIDERATION_FIELDS):
@@ -278,55 +279,83 @@ def stage(p: Mapping[str, str], cart_lines: int, now_ms: int, rules: StageRules 
     return "awareness"
 
 
+def cart_lines(raw: RawProfile) -> list[CartLine]:
+    """The cart's lines, oldest change first."""
+    lines = []
+    for item_id, value in raw.cart.items():
+        quantity, price, changed = value.split("|")
+        lines.append(CartLine(item_id, int(quantity), float(price) if price else None, int(changed)))
+    lines.sort(key=lambda line: (line.changed_at_ms, line.item_id))
+    return lines
+
+
+def recent_events(raw: RawProfile) -> list[dict[str, Any]]:
+    """The recent events as stored, newest first: ``{"y": type, "t": time, "p": properties, ...}``."""
+    # The members (JSON objects) parsed as one array: a third of the time of one by one.
+    newest_first = raw.recent_json
+    if newest_first is None:
+        newest_first = f"[{','.join(member for member, _ in sorted(raw.recent, key=lambda pair: -pair[1]))}]"
+    events: list[dict[str, Any]] = json.loads(newest_first)
+    return events
+
+
+def held_out(p: Mapping[str, str]) -> dict[str, bool]:
+    """The per-action holdouts assigned to a profile (its ``h:`` fields): action -> withheld."""
+    return {name[2:]: value == "1" for name, value in p.items() if name.startswith("h:")}
+
+
+def contacts(raw: RawProfile) -> tuple[ContactRecord, ...]:
+    return tuple(ContactRecord.parse(member, score) for member, score in raw.contacts)
+
+
+def granted(value: str) -> bool:
+    """A consent field's value (``<time>|1``): whether it was granted."""
+    return _stamped(value)[1] == "1"
+
+
+def attribute(value: str) -> Any:
+    """An attribute field's value (``<time>|<JSON>``)."""
+    return json.loads(_stamped(value)[1])
+
+
 def decode(raw: RawProfile, *, id: str, kind: str, now_ms: int, rules: StageRules = StageRules()) -> Profile:
+    """The profile as the API shows it (``features`` reads the stored form for decisions)."""
     p = raw.profile
     windows = window_counts(raw.windows, now_ms)
     empty = {w.name: 0 for w in WINDOWS}
     counts: dict[str, Counts] = {}
     consent: dict[str, Consent] = {}
     attributes: dict[str, Any] = {}
-    held_out: dict[str, bool] = {}
     for name, value in p.items():
         prefix, _, rest = name.partition(":")
-        if prefix == "h":
-            held_out[rest] = value == "1"
-        elif prefix == "n":
-            counts[rest] = Counts(int(value), _int(p.get(f"t:{rest}")), windows.get(rest, empty))
+        if prefix == "n":
+            counts[rest] = Counts(int(value), as_int(p.get(f"t:{rest}")), windows.get(rest, empty))
         elif prefix == "c":
-            stamp, granted = _stamped(value)
-            consent[rest] = Consent(granted == "1", stamp)
+            consent[rest] = Consent(granted(value), _stamped(value)[0])
         elif prefix == "a":
-            attributes[rest] = json.loads(_stamped(value)[1])
-    lines = []
-    for item_id, value in raw.cart.items():
-        quantity, price, changed = value.split("|")
-        lines.append(CartLine(item_id, int(quantity), float(price) if price else None, int(changed)))
-    lines.sort(key=lambda line: (line.changed_at_ms, line.item_id))
-    # Newest first; the members (JSON objects) parsed as one array: a third of the time of one by one.
-    newest_first = raw.recent_json
-    if newest_first is None:
-        newest_first = f"[{','.join(member for member, _ in sorted(raw.recent, key=lambda pair: -pair[1]))}]"
-    recent = [RecentEvent(d["y"], int(d["t"]), d.get("p", {})) for d in json.loads(newest_first)]
+            attributes[rest] = attribute(value)
+    lines = cart_lines(raw)
+    recent = [RecentEvent(d["y"], int(d["t"]), d.get("p", {})) for d in recent_events(raw)]
     last_seen = max((c.last_at_ms for c in counts.values() if c.last_at_ms is not None), default=None)
     return Profile(
         id=id,
         kind=kind,
         anonymous_ids=tuple(sorted(raw.aliases)),
         stage=stage(p, len(lines), now_ms, rules),
-        first_seen_ms=_int(p.get("first")),
+        first_seen_ms=as_int(p.get("first")),
         last_seen_ms=last_seen,
         orders=int(p.get("orders", 0)),
         revenue=round(float(p.get("revenue", 0)), 2),
-        first_purchase_ms=_int(p.get("first_purchase")),
-        last_purchase_ms=_int(p.get("t:purchase")),
+        first_purchase_ms=as_int(p.get("first_purchase")),
+        last_purchase_ms=as_int(p.get("t:purchase")),
         counts=dict(sorted(counts.items())),
-        cart=Cart(tuple(lines), _int(p.get("cart_changed"))),
+        cart=Cart(tuple(lines), as_int(p.get("cart_changed"))),
         recent=tuple(recent),
         consent=dict(sorted(consent.items())),
         attributes=dict(sorted(attributes.items())),
         group=p.get("g"),
-        held_out=held_out,
-        contacts=tuple(ContactRecord.parse(m, score) for m, score in raw.contacts),
+        held_out=held_out(p),
+        contacts=contacts(raw),
     )
 
 
@@ -380,7 +409,7 @@ def _merge_scored(
 
 def _unbought(cart: Mapping[str, str], other: RawProfile) -> dict[str, str]:
     """Cart lines not older than the other side's last cart-emptying purchase (that purchase took them)."""
-    cleared = _int(other.profile.get("cart_cleared"))
+    cleared = as_int(other.profile.get("cart_cleared"))
     if cleared is None:
         return dict(cart)
     return {item: line for item, line in cart.items() if int(line.rsplit("|", 1)[1]) > cleared}

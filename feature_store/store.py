@@ -94,10 +94,11 @@ class Ingested:
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """A profile as read for a decision: under which keys it lives, and what the events did."""
+    """A profile as read for a decision: under which keys it lives, as Redis holds it (``raw.exists``
+    is false when there is none; features.py reads it), and what the events did."""
 
     keys: ProfileKeys
-    profile: Profile | None
+    raw: RawProfile
     ingested: Ingested
 
 
@@ -313,7 +314,16 @@ class ProfileStore:
     async def profile(self, profile_id: str, kind: IdKind = IdKind.CUSTOMER) -> Profile | None:
         """The live profile, or ``None`` when nothing is known of this id."""
         read = await self._apply_and_read(ProfileKeys(kind, profile_id), [])
-        return read.profile
+        if not read.raw.exists:
+            return None
+        kind_name = "customer" if read.keys.kind is IdKind.CUSTOMER else "anonymous"
+        rules = self._config.stage_rules
+        return decode(read.raw, id=read.keys.id, kind=kind_name, now_ms=self.now_ms(), rules=rules)
+
+    @property
+    def stage_rules(self) -> StageRules:
+        """How the profiles' journey stages are worked out (profile.py ``stage``)."""
+        return self._config.stage_rules
 
     async def apply_and_read(
         self, profile_keys: ProfileKeys, events: Sequence[Event], trigger_ops: Sequence[TriggerOp] = ()
@@ -340,12 +350,7 @@ class ProfileStore:
             contacts=_scored(contacts),
             recent_json=recent_json,
         )
-        kind_name = "customer" if profile_keys.kind is IdKind.CUSTOMER else "anonymous"
-        profile = None
-        if raw.exists:
-            rules = self._config.stage_rules
-            profile = decode(raw, id=profile_keys.id, kind=kind_name, now_ms=self.now_ms(), rules=rules)
-        return Read(profile_keys, profile, Ingested(int(result[1]), int(result[2])))
+        return Read(profile_keys, raw, Ingested(int(result[1]), int(result[2])))
 
     async def record_decision(self, record: DecisionRecord) -> None:
         """Record a decision in one round trip: the contacts it served, the holdout assignments made at

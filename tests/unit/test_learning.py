@@ -12,7 +12,7 @@ import pytest
 
 from app.services import _json, _logged_features
 from feature_store.features import NEVER, feature_names, features
-from feature_store.profile import DAY_MS, RawProfile, bucket_field, decode
+from feature_store.profile import DAY_MS, RawProfile, bucket_field
 from models.rewards import COUNTERFACTUAL, SERVED, Earned, Pending, at_close, from_outcome
 from models.snapshot import (
     COLD_BELOW,
@@ -404,8 +404,8 @@ def _profiles() -> dict[str, dict[str, Any]]:
         recent=(_recent("product_view", minutes_ago, item_id="sku-1"),),
     )
     out = {
-        "faq_reader": features(decode(faq_reader, id="c-1", kind="customer", now_ms=NOW), NOW),
-        "shopper": features(decode(shopper, id="c-2", kind="customer", now_ms=NOW), NOW),
+        "faq_reader": features(faq_reader, NOW),
+        "shopper": features(shopper, NOW),
         "anonymous first sight": features(None, NOW),
     }
     # Edited by hand: values at the edges of what the log leaves out.
