@@ -36,7 +36,7 @@ from app.settings import Settings
 from app.snapshots import Models
 from feature_store import Event, IdKind, ProfileStore, StageRules, StoreConfig, StoreUnavailable
 from feature_store import keys as store_keys
-from feature_store.features import NEVER, features
+from feature_store.features import NEVER, features, touched
 from feature_store.outbox import Message
 from feature_store.profile import ContactRecord, contacts, held_out, iso
 from feature_store.store import DecisionRecord, Ingested
@@ -98,13 +98,15 @@ def _logged_features(values: Mapping[str, Any]) -> dict[str, Any]:
     A ``days_since_*`` of 0 is kept: it means "just now", while a missing one reads as never
     (models/vectorize.py), so dropping it would make learning see other numbers than scoring did."""
     # Features are numbers, booleans, strings, sets and dicts (never None): the defaults are the falsy
-    # values and NEVER. Tested by truth first: a decision has over a hundred features, most of them 0,
-    # and a falsy one by its (never empty) name's first letter before the method call: half the time.
-    return {
-        k: v
-        for k, v in values.items()
-        if (v != NEVER if v else k[0] == "d" and k.startswith("days_since_")) or k == "stage"
-    }
+    # values and NEVER. A decision's are read by the names that may hold anything else (features.py
+    # ``touched``); each is tested by truth first, and a falsy one by its (never empty) name's first
+    # letter before the method call.
+    logged = {}
+    for k in touched(values):
+        v = values[k]
+        if (v != NEVER if v else k[0] == "d" and k.startswith("days_since_")) or k == "stage":
+            logged[k] = v
+    return logged
 
 
 def _actions(choices: tuple[Choice, ...]) -> list[dict[str, Any]]:

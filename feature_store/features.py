@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from feature_store.events import WELL_KNOWN_TYPES
@@ -93,6 +93,22 @@ def _defaults(event_types: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+class Features(dict[str, Any]):
+    """The features of one profile: every name, as rules read them. ``touched`` names those whose value
+    may differ from a profile's that saw nothing (the scalars, and the types the profile has seen): the
+    others hold the defaults, 0 and never, which neither the scoring vector nor the decision log keeps,
+    so those read ``touched`` instead of a hundred names (models/vectorize.py, app/services.py)."""
+
+    __slots__ = ("touched",)
+
+    touched: tuple[str, ...]
+
+
+def touched(values: Mapping[str, Any]) -> Iterable[str]:
+    """The names worth reading in ``values``: its ``touched`` when it is :class:`Features`, else all."""
+    return values.touched if isinstance(values, Features) else values.keys()
+
+
 def features(
     raw: RawProfile | None,
     now_ms: int,
@@ -110,7 +126,8 @@ def features(
     (``decode``), with the same helpers: a decision needs the numbers, not the objects, and building
     them took a fifth of the worker's time in a decision's read (docs/performance.md).
     """
-    out = dict(_defaults(tuple(event_types)))
+    out = Features(_defaults(tuple(event_types)))
+    out.touched = _SCALARS
     if raw is None or not raw.exists:
         out.update(
             stage="awareness", is_known=False, orders=0, revenue=0.0, purchased_24h=False, purchased_7d=False,
@@ -124,10 +141,12 @@ def features(
     last_seen: int | None = None
     consent: dict[str, bool] = {}
     attributes: dict[str, Any] = {}
+    seen: list[str] = []
     for name, value in p.items():
         prefix, _, rest = name.partition(":")
         if prefix == "n":
             total, days_since, windowed = _names(rest)
+            seen += (total, days_since, *windowed)
             out[total] = int(value)
             last = as_int(p.get(f"t:{rest}"))
             out[days_since] = _days(now_ms, last)
@@ -169,4 +188,5 @@ def features(
         consent=dict(sorted(consent.items())),
         attributes=dict(sorted(attributes.items())),
     )
+    out.touched = (*_SCALARS, *seen)
     return out

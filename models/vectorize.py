@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from feature_store.features import touched
+
 _DAY_MS = 86_400_000
 _YEAR_DAYS = 365.0
 CROSSED: Final = 6  # categorical context keys (the first, by name) whose values are crossed in pairs
@@ -43,9 +45,11 @@ def vector(
     hour = (now_ms % _DAY_MS) / 3_600_000
     x["hour.sin"] = math.sin(2 * math.pi * hour / 24)
     x["hour.cos"] = math.cos(2 * math.pi * hour / 24)
-    # Over a hundred features a decision, most of them 0 or never: the recencies found by their first
-    # letter before the method call, and a falsy value (which adds nothing but a recency) passed over.
-    for name, value in features.items():
+    # Over a hundred features a decision, most of them 0 or never: a decision's are read by the names
+    # that may hold anything else (features.py ``touched``), the recencies found by their first letter
+    # before the method call, and a falsy value (which adds nothing but a recency) passed over.
+    for name in touched(features):
+        value = features[name]
         if name[0] == "d" and name.startswith("days_since_"):
             if isinstance(value, int | float) and value < _YEAR_DAYS:
                 x[f"recency_{name.removeprefix('days_since_')}"] = 1.0 - max(0.0, float(value)) / _YEAR_DAYS

@@ -7,10 +7,12 @@ import random
 from collections import Counter
 from typing import Any
 
+from app.services import _logged_features
 from feature_store import Event, IdKind, ProfileStore
 from feature_store import keys as k
 from feature_store.features import NEVER, features
 from feature_store.profile import DAY_MS, WINDOWS, Profile, StageRules
+from models.vectorize import vector
 from tests.conftest import Clock
 
 CUSTOM = ("quiz.completed",)  # declared in a catalogue: a feature before it is ever seen
@@ -108,6 +110,11 @@ async def test_the_features_agree_with_the_profile_the_api_shows(store: ProfileS
         never = features(None, now_ms, CUSTOM)  # what no event of a type gives
         rest = [name for name in got if name not in expected]
         assert {name: got[name] for name in rest} == {name: never[name] for name in rest}
+        # What the vector and the log read of it, by the names it touched, is what all of them give.
+        untouched = [name for name in got if name not in got.touched]
+        assert {name: got[name] for name in untouched} == {name: never[name] for name in untouched}
+        assert vector(got, {}, "web.home", now_ms) == vector(dict(got), {}, "web.home", now_ms)
+        assert _logged_features(got) == _logged_features(dict(got))
         seen.update(
             {"stage=" + got["stage"], f"cart={bool(got['cart_items'])}", f"consent={bool(got['consent'])}"}
         )
