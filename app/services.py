@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from feature_store.store import DecisionRecord, Ingested
 from feature_store.triggers import TriggerOp
 from policies import funnel
 from policies.catalogue import Catalogue
+from policies.exploration import SeededDraws
 from policies.funnel import Choice, Decision, Situation
 
 log = structlog.get_logger("nba.decisions")
@@ -291,7 +291,7 @@ class Services:
                     body.placement,
                     situation,
                     scorer,
-                    random.Random(decision_id),
+                    SeededDraws(decision_id),
                     limit=body.limit,
                 )
             latency_ms = (time.perf_counter() - started) * 1000

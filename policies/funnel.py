@@ -22,7 +22,6 @@ logged (never returned), so that uplift is measured against what control would h
 from __future__ import annotations
 
 import functools
-import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Any, Literal, Protocol
 
 from policies import holdout
 from policies.catalogue import Catalogue, CompiledAction, Exploration, Limit
-from policies.exploration import draw, probabilities
+from policies.exploration import Draws, SeededDraws, draw, probabilities
 from policies.rules import RuleEvaluationError, RuleScope
 
 Status = Literal["chosen", "not_chosen", "ineligible", "no_consent", "capped", "suppressed", "holdout"]
@@ -217,7 +216,7 @@ class _Candidate:
 
 
 def _choices(
-    candidates: Sequence[_Candidate], exploration: Exploration, k: int, rng: random.Random
+    candidates: Sequence[_Candidate], exploration: Exploration, k: int, rng: Draws
 ) -> tuple[tuple[Choice, ...], dict[str, float]]:
     priorities = [c.priority for c in candidates]
     drawn = draw(priorities, exploration, k, rng)
@@ -240,7 +239,7 @@ def decide(
     placement: str,
     situation: Situation,
     scorer: Scorer,
-    rng: random.Random,
+    rng: Draws,
     *,
     limit: int | None = None,
 ) -> Decision:
@@ -303,7 +302,7 @@ def decide(
     counterfactual: tuple[Choice, ...] = ()
     if group == holdout.CONTROL:
         # Drawn from its own generator, so that the served draw is the same with or without it.
-        counterfactual, _ = _choices(treatment, exploration, k, random.Random(rng.random()))
+        counterfactual, _ = _choices(treatment, exploration, k, SeededDraws(rng.random()))
     chosen_ids = {c.action_id: c for c in chosen}
     for candidate in served:
         action_id = candidate.action.id

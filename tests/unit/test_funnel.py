@@ -15,7 +15,7 @@ from feature_store.profile import ContactRecord
 from models.snapshot import LinearScorer
 from policies import holdout
 from policies.catalogue import Catalogue, Exploration, load
-from policies.exploration import draw, probabilities
+from policies.exploration import SeededDraws, draw, probabilities
 from policies.funnel import Situation, decide
 
 NOW = 1_795_000_000_000
@@ -157,6 +157,22 @@ def test_the_served_draw_is_the_same_with_or_without_a_counterfactual(fixture_ca
     a = decide(fixture_catalogue, "web.faq", s, LinearScorer(), random.Random(11))
     b = decide(fixture_catalogue, "web.faq", s, LinearScorer(), random.Random(11))
     assert a == b
+
+
+@pytest.mark.parametrize("seed", ["d-01a20795e44ebc6b544bce2bba32", 0.6394267984578837, 7, b"x"])
+def test_seeded_draws_are_the_draws_of_random_seeded_alike(seed: Any) -> None:
+    draws, generator = SeededDraws(seed), random.Random(seed)
+    assert [draws.random() for _ in range(5)] == [generator.random() for _ in range(5)]
+
+
+@pytest.mark.parametrize("group", ["treatment", "control"])
+def test_a_decision_draws_alike_with_seeded_draws(fixture_catalogue: Catalogue, group: str) -> None:
+    for n in range(40):
+        s = situation(faq_view_30m=2, group=group, customer=f"c:{n}")
+        seed = f"d-{n}"
+        a = decide(fixture_catalogue, "web.faq", s, LinearScorer(), SeededDraws(seed))
+        assert a == decide(fixture_catalogue, "web.faq", s, LinearScorer(), random.Random(seed))
+        assert a.chosen
 
 
 def test_a_persisted_group_wins_over_a_new_share(tmp_path: Path) -> None:
