@@ -42,7 +42,14 @@ def _answer(content: dict[str, Any]) -> Response:
     """A decision's answer, the same whichever way the request came (the route or FastDecide): what
     JSONResponse would send, encoded by orjson (as the decision records are). Keys that are not strings
     (a catalogue payload's, from YAML) become strings, as json.dumps makes them."""
-    return Response(orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS), media_type="application/json")
+    return Response(_encoded(content), media_type=_JSON.decode())
+
+
+def _encoded(content: dict[str, Any]) -> bytes:
+    return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+
+
+_JSON = b"application/json"
 
 
 @router.post(
@@ -105,19 +112,25 @@ class FastDecide:
         rid = request_id(scope)
         tokens = structlog.contextvars.bind_contextvars(request_id=rid)
         status = 500
-        response: Response
         try:
             try:
                 content = await services.decide(body)
             except errors.ApiError as exc:
                 response = errors.answer(exc)
+                status = response.status_code
+                await _send(response, rid, send)
             except Exception:
                 await _send(errors.unexpected(ROUTE, "POST"), rid, send)
                 raise  # as Starlette's ServerErrorMiddleware does, for the server to log it too
             else:
-                response = _answer(content)
-            status = response.status_code
-            await _send(response, rid, send)
+                # What _answer's Response sends, its headers in its order, and the request id: built
+                # here, as for every page view.
+                answer = _encoded(content)
+                headers = [(b"content-length", b"%d" % len(answer)), (b"content-type", _JSON)]
+                headers.append((b"x-request-id", rid.encode("latin-1")))
+                status = 200
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await send({"type": "http.response.body", "body": answer})
         finally:
             http_request(ROUTE, "POST", status, time.perf_counter() - started)
         structlog.contextvars.reset_contextvars(**tokens)

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.routes.decisions import _answer
 from tests.conftest import AppFactory, Clock
 
 CATALOGUE = Path(__file__).parents[1] / "fixtures" / "catalogue"
@@ -138,6 +139,16 @@ async def test_a_body_sent_in_pieces_is_decided(api: httpx.AsyncClient) -> None:
     assert "content-length" not in r.request.headers
     assert r.status_code == 200, r.text
     assert [a["action_id"] for a in r.json()["actions"]] == ["generic_banner"]
+
+
+async def test_the_fast_lane_answers_what_the_route_would(api: httpx.AsyncClient) -> None:
+    """The lane writes its answer's headers itself: those of the route's Response, and the request id."""
+    body = {"customer_id": "c-1", "placement": "web.faq", "event": {"type": "faq_view"}, "explain": True}
+    r = await api.post("/v1/decide", json=body, headers={"x-request-id": "lane-1"})
+    assert r.status_code == 200, r.text
+    route = _answer(r.json())
+    assert r.content == route.body
+    assert r.headers.raw == [*route.raw_headers, (b"x-request-id", b"lane-1")]
 
 
 # Bodies the fast lane (app/routes/decisions.py FastDecide) does not take: the route answers them.
