@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -15,6 +14,7 @@ import structlog
 
 from app import metrics
 from app.auth import KeyRing
+from app.budgets import Budgets
 from app.catalogues import Catalogues
 from app.errors import InvalidInput, NotFound
 from app.schemas import (
@@ -141,6 +141,7 @@ class Services:
     # Decision ids (and so exploration draws, which are seeded by them); the simulator's simulated clock
     # makes them reproducible.
     new_id: Callable[[int], str] = field(default=new_decision_id)
+    budgets: Budgets = field(default_factory=Budgets)  # the decisions' deadlines, on one timer
 
     def _events(self, items: Sequence[tuple[str, EventFields, str | None, str | None]]) -> list[Event]:
         """Events from ``(field path prefix, what the event says, customer_id, anonymous_id)``; an event
@@ -269,7 +270,7 @@ class Services:
         ingested: Ingested | None = None
         decision: Decision | None = None
         try:
-            async with asyncio.timeout((budget_ms or self.settings.decision_budget_ms) / 1000):
+            async with self.budgets.within((budget_ms or self.settings.decision_budget_ms) / 1000):
                 ops = trigger_ops(catalogue, events)
                 read = await self.store.apply_and_read(profile_keys, events, ops)
                 ingested = read.ingested
