@@ -35,6 +35,7 @@ from feature_store.events import WELL_KNOWN_TYPES
 from feature_store.profile import (
     DAY_MS,
     WINDOWS,
+    Cart,
     RawProfile,
     StageRules,
     as_int,
@@ -116,7 +117,7 @@ def features(
     *,
     known: bool = True,
     rules: StageRules = _STAGE_RULES,
-) -> dict[str, Any]:
+) -> Features:
     """The features of a profile as Redis holds it (``None``, or one that does not exist: a customer
     seen for the first time). ``known``: a customer id's profile, not an anonymous visitor's.
 
@@ -166,25 +167,25 @@ def features(
             views[str(props["item_id"])] += 1
         elif kind == "faq_view" and ("article_id" in props or "page" in props):
             articles.add(str(props.get("article_id", props.get("page"))))
-    lines = cart_lines(raw)
+    cart = Cart(tuple(cart_lines(raw)), as_int(p.get("cart_changed")))
     out.update(
-        stage=stage(p, len(lines), now_ms, rules),
+        stage=stage(p, len(cart.lines), now_ms, rules),
         is_known=known,
         orders=int(p.get("orders", 0)),
         revenue=round(float(p.get("revenue", 0)), 2),
         purchased_24h=out["purchase_24h"] > 0,
         purchased_7d=out["purchase_7d"] > 0,
         purchased_30d=out["purchase_30d"] > 0,
-        cart_items=len(lines),
-        cart_quantity=sum(line.quantity for line in lines),
-        cart_value=round(sum((line.quantity * (line.price or 0.0) for line in lines), 0.0), 2),
-        days_since_cart_change=_days(now_ms, as_int(p.get("cart_changed"))),
+        cart_items=len(cart.lines),
+        cart_quantity=cart.quantity,
+        cart_value=cart.value,
+        days_since_cart_change=_days(now_ms, cart.changed_at_ms),
         days_since_first_seen=_days(now_ms, as_int(p.get("first"))),
         days_since_last_seen=_days(now_ms, last_seen),
         articles_read=frozenset(articles),
         viewed_items=frozenset(views),
         top_item_views=max(views.values(), default=0),
-        cart_item_ids=frozenset(line.item_id for line in lines),
+        cart_item_ids=frozenset(line.item_id for line in cart.lines),
         consent=dict(sorted(consent.items())),
         attributes=dict(sorted(attributes.items())),
     )
