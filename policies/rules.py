@@ -7,9 +7,10 @@ fastest by an order of magnitude: one run of ``python -m load_tests.bench_rules`
 pre-compiled three-clause rule at 11 µs with simpleeval (one evaluator per decision, shared by its
 rules), 332 µs with rule-engine and 377 µs with cel-python (median per evaluation).
 
-A rule made only of names, literals, arithmetic, comparisons and and/or/not (most rules) is also
-compiled into closures that evaluate it as simpleeval does, with simpleeval's own operators: 0.98
-against 6.05 µs for that rule in one run of the same benchmark (see ``_closures``).
+A rule made of names, literals, arithmetic, comparisons, and/or/not, ``x if c else y`` and calls of a
+value's methods (every shipped rule) is also compiled into closures that evaluate it as simpleeval
+does, with simpleeval's own operators: 0.98 against 6.05 µs for that rule in one run of the same
+benchmark (see ``_closures``).
 
 What a rule may name:
 
@@ -36,14 +37,20 @@ from __future__ import annotations
 import ast
 import difflib
 import threading
+import types
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from simpleeval import (
     DEFAULT_OPERATORS,
+    DISALLOW_FUNCTIONS,
+    DISALLOW_METHODS,
+    DISALLOW_PREFIXES,
     MAX_STRING_LENGTH,
+    AttributeDoesNotExist,
     EvalWithCompoundTypes,
+    FeatureNotAvailable,
     InvalidExpression,
     NameNotDefined,
 )
@@ -262,8 +269,11 @@ def _check_feature(name: str, features: Collection[str]) -> None:
 # Such a rule is also compiled into closures, one per node, which evaluate it as simpleeval does (the
 # same operator functions, the same values, the same errors) in a fraction of the time: simpleeval
 # dispatches and checks every node's value on every evaluation, and a decision evaluates a rule per
-# action. Nothing in them can reach a function or an attribute: they read names, compute and compare.
-# Any other construct (a method call, an attribute, ``x if c else y``) leaves the rule to simpleeval.
+# action. They read names, compute and compare, choose (``x if c else y``), and call a value's methods
+# (``profile.attributes.get('tier')``) with simpleeval's checks of the method. simpleeval also checks
+# every value for a module or a forbidden function; a rule's values are features and the request's
+# JSON, and what their methods return, which hold neither. Any other construct (an attribute that is
+# not called, a subscript, a keyword argument) leaves the rule to simpleeval.
 _LITERALS: Final = (str, int, float, bool, type(None))
 _COLLECTIONS: Final[dict[type[ast.expr], Callable[[Any], Any]]] = {
     ast.Tuple: tuple,
@@ -312,6 +322,15 @@ def _closures(node: ast.expr, source: str) -> Direct | None:
         if None in operands:
             return None
         return _compare([DEFAULT_OPERATORS[type(op)] for op in node.ops], operands)  # type: ignore[arg-type]
+    if isinstance(node, ast.IfExp):
+        test, body, orelse = (_closures(part, source) for part in (node.test, node.body, node.orelse))
+        if test is None or body is None or orelse is None:
+            return None
+        return lambda profile, context: (
+            body(profile, context) if test(profile, context) else orelse(profile, context)
+        )
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and not node.keywords:
+        return _method_call(node.func, node.args, source)
     return None
 
 
@@ -331,6 +350,34 @@ def _name(name: str, source: str) -> Direct | None:
             raise NameNotDefined(name, source) from None
 
     return read
+
+
+def _method_call(func: ast.Attribute, arguments: list[ast.expr], source: str) -> Direct | None:
+    """``value.name(args)``, the method found and checked as simpleeval's ``_eval_attribute`` does."""
+    name = func.attr
+    if name.startswith(tuple(DISALLOW_PREFIXES)) or name in DISALLOW_METHODS:
+        return None  # simpleeval refuses it on every evaluation, with its own error
+    target = _closures(func.value, source)
+    args = [None if isinstance(a, ast.Starred) else _closures(a, source) for a in arguments]
+    if target is None or None in args:
+        return None
+
+    def call(profile: Mapping[str, Any], context: Mapping[str, Any]) -> Any:
+        value = target(profile, context)
+        try:
+            method = getattr(value, name)
+        except (AttributeError, TypeError):
+            try:
+                method = value[name]  # simpleeval then reads the name as a key (ATTR_INDEX_FALLBACK)
+            except (KeyError, TypeError):
+                raise AttributeDoesNotExist(name, source) from None
+        if isinstance(method, types.ModuleType):
+            raise FeatureNotAvailable("Sorry, modules are not allowed in attribute access")
+        if callable(method) and method in DISALLOW_FUNCTIONS:
+            raise FeatureNotAvailable("This function is forbidden")
+        return method(*[arg(profile, context) for arg in args])  # type: ignore[misc]
+
+    return call
 
 
 def _boolop(conjunction: bool, values: list[Direct]) -> Direct:
