@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import orjson
+
 from feature_store.events import PropertyValue
 
 
@@ -295,8 +297,27 @@ def recent_events(raw: RawProfile) -> list[dict[str, Any]]:
     newest_first = raw.recent_json
     if newest_first is None:
         newest_first = f"[{','.join(member for member, _ in sorted(raw.recent, key=lambda pair: -pair[1]))}]"
-    events: list[dict[str, Any]] = json.loads(newest_first)
+    events: list[dict[str, Any]] = loads(newest_first)
     return events
+
+
+# Every digit a 0 and everything else a space: a text's runs of digits, found in C.
+_DIGITS: Final = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
+_DIGITS_19: Final = b"0" * 19
+
+
+def loads(text: str) -> Any:
+    """JSON as the json module reads it, by orjson where that reads the same: a profile's 20 recent
+    events in about three quarters of the time, the scan included. Not a text with 19 digits in a row,
+    which may be an integer beyond 64 bits (json keeps it whole, orjson makes it a float), nor what
+    orjson refuses (NaN, a number beyond a double, a lone surrogate)."""
+    try:
+        data = text.encode()
+        if _DIGITS_19 not in data.translate(_DIGITS):
+            return orjson.loads(data)
+    except (UnicodeEncodeError, orjson.JSONDecodeError):
+        pass
+    return json.loads(text)
 
 
 def held_out(p: Mapping[str, str]) -> dict[str, bool]:
@@ -315,7 +336,7 @@ def granted(value: str) -> bool:
 
 def attribute(value: str) -> Any:
     """An attribute field's value (``<time>|<JSON>``)."""
-    return json.loads(_stamped(value)[1])
+    return loads(_stamped(value)[1])
 
 
 def decode(raw: RawProfile, *, id: str, kind: str, now_ms: int, rules: StageRules = StageRules()) -> Profile:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from feature_store.profile import (
     Window,
     bucket_field,
     decode,
+    loads,
     merge,
     stage,
     window_counts,
@@ -215,3 +217,30 @@ def test_merge_unites_seen_event_ids() -> None:
 def test_merge_refuses_a_field_it_has_no_rule_for() -> None:
     with pytest.raises(ValueError, match="no merge rule"):
         merge(RawProfile(profile={"mystery": "1"}), RawProfile(profile={"mystery": "2"}))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[{"y":"page_view","t":1763900000000,"p":{"page":"/"},"k":"e-1"}]',
+        '{"item_id":123456789012345678901234567890}',  # beyond 64 bits: json keeps it an int
+        '{"item_id":18446744073709551616}',
+        '{"item_id":-9223372036854775809}',
+        '{"item_id":999999999999999999}',  # 18 digits: orjson's, the same int
+        '{"n":NaN,"i":Infinity}',
+        '{"x":1e400}',
+        '["\\ud800"]',  # a lone surrogate, escaped
+        '["\ud800"]',  # and as the text itself
+        '{"a":"é","b":[1.5,-0.0,true,null],"a":2}',
+        "[1,",  # not JSON at all
+    ],
+)
+def test_loads_reads_as_the_json_module_reads(text: str) -> None:
+    try:
+        expected: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        with pytest.raises(json.JSONDecodeError, match=exc.msg):
+            loads(text)
+        return
+    got = loads(text)
+    assert repr(got) == repr(expected)  # the same types: an int stays an int, nan stays nan
