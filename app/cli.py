@@ -73,7 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 2
 
-    from feature_store.embedded import EmbeddedRedisError, die_with_parent
+    from feature_store.embedded import EmbeddedRedisError, background_child
 
     embedded = learner = None
     if settings.redis_url is None:
@@ -86,9 +86,10 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["NBA_REDIS_URL"] = embedded.url
         print(f"nba serve: embedded Redis with data in {embedded.data_dir}", file=sys.stderr)
         # One command runs everything: the learner too, as its own process (the one writer of models).
-        # It dies with this process even if this one is killed outright (its Redis would be gone too).
+        # It dies with this process even if this one is killed outright (its Redis would be gone too),
+        # and it learns on time that Redis and the workers leave (docs/performance.md).
         learner = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "learn"], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+            [sys.executable, "-m", "app.cli", "learn"], stdin=subprocess.DEVNULL, preexec_fn=background_child
         )
     # Set up for the workers only (the learner above has no metrics of its own to share).
     metrics_dir = _metrics_dir(settings.workers)

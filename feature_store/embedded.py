@@ -162,6 +162,17 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child between f
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def background_child() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """For ``Popen(preexec_fn=...)`` of work that no request waits for (the learner beside the embedded
+    Redis): it dies with its parent, and runs in the idle scheduling class where there is one, as
+    Redis's rewrite children do (:class:`IdleChildren`). Its bursts then take no core from Redis, the
+    workers or a load generator that want it; on a machine whose cores stay busy, it waits for them."""
+    die_with_parent()
+    if hasattr(os, "SCHED_IDLE"):
+        with suppress(OSError):  # lowering one's own class is allowed; if not, it runs as it would have
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 class EmbeddedRedis:
     """Start, wait for and stop a private redis-server.
 
