@@ -44,6 +44,8 @@ Global keys (one each, or one per decision):
 ``nba:{l}:model``           string  the published model snapshot (JSON)                    never
 ``nba:{l}:model:version``   string  its version, polled by every worker                     never
 ``nba:{l}:lock``            string  held by the one running learner                         seconds
+``nba:{l}:read``            hash    stream -> the id of the last entry learned and          never
+                                    published (models/learner.py)
 ``nba:dec:DECISION``        hash    who a decision was for and what it served, and the      NBA_DECISION
                                     outcomes reported (for idempotency)                     _TTL_HOURS
 ``nba:catalogue:gen``       string  bumped by a reload, so every worker reloads             never
@@ -207,6 +209,7 @@ MODEL: Final = f"{PREFIX}:{{l}}:model"
 MODEL_VERSION: Final = f"{PREFIX}:{{l}}:model:version"
 REWARDS: Final = f"{PREFIX}:{{l}}:rewards"
 LEARNER_LOCK: Final = f"{PREFIX}:{{l}}:lock"
+LEARNER_READ: Final = f"{PREFIX}:{{l}}:read"
 CATALOGUE_GENERATION: Final = f"{PREFIX}:catalogue:gen"
 
 

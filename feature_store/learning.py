@@ -1,7 +1,15 @@
 """What the learner reads and writes in Redis. Every key is a ``{l}`` key (keys.py) or a decision's
-summary, so that :meth:`LearnerStore.publish` moves the model, the pending set and the stream
-acknowledgements together in one transaction: after a crash, the learner resumes from a snapshot and a
-pending set that agree, and nothing is learned twice or lost.
+summary, so that :meth:`LearnerStore.publish` moves the model, the pending set and the position in each
+stream together in one transaction: after a crash, the learner resumes from a snapshot, a pending set and
+a position that agree, and nothing is learned twice or lost.
+
+The streams are read through a consumer group without acknowledgements (``XREADGROUP ... NOACK``): the
+group only hands out each entry once, and what has been learned is the position published with the model
+(``nba:{l}:read``). A restart puts the group back there (:meth:`LearnerStore.rewind`), so the entries read
+and not published are handed out again. Acknowledging instead cost Redis a pending-list entry and an
+``XCLAIM`` in its append-only file per entry read, and an ``XACK`` of a second's entries inside the
+publishing transaction, which held Redis for up to 7 ms at 1,770 decisions per second: every decision of
+that moment waited behind it (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -29,6 +37,15 @@ return 0
 """
 
 Entry = tuple[str, dict[str, str]]
+STREAMS = (keys.DECISION_LOG, keys.OUTCOME_LOG)
+
+
+def before(entry_id: str) -> str:
+    """The stream id just before ``entry_id`` (``ms-seq``): a group made there hands ``entry_id`` out next."""
+    ms, _, seq = entry_id.partition("-")
+    if int(seq or 0) > 0:
+        return f"{ms}-{int(seq) - 1}"
+    return f"{int(ms) - 1}-{2**64 - 1}" if int(ms) > 0 else "0"
 
 
 class LearnerStore:
@@ -36,13 +53,30 @@ class LearnerStore:
         self._redis = client
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
-        # Where each stream is read from: after a start, through the entries delivered to this consumer
-        # before and not acknowledged (an entry id, from "0"), then new ones (">").
-        self._cursor = {keys.DECISION_LOG: "0", keys.OUTCOME_LOG: "0"}
 
-    def rewind(self) -> None:
-        """Read each stream again from the first entry not acknowledged."""
-        self._cursor = {keys.DECISION_LOG: "0", keys.OUTCOME_LOG: "0"}
+    async def rewind(self) -> None:
+        """Hand out again, from the next read on, every entry after the position last published.
+
+        A deployment whose learner acknowledged entries (before ``nba:{l}:read`` existed) has no position
+        yet: it starts before the first entry that learner left unacknowledged, or where its group stands
+        when there is none. The group is made anew at that position, so no old pending list stays behind.
+        """
+        async with _translated():
+            published: Any = await self._redis.hgetall(keys.LEARNER_READ)
+            for stream in STREAMS:
+                position = published.get(stream) or await self._first_unacknowledged(stream)
+                if position is None:
+                    continue
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.xgroup_destroy(stream, GROUP)
+                    pipe.xgroup_create(stream, GROUP, id=position, mkstream=True)
+                    await pipe.execute()
+
+    async def _first_unacknowledged(self, stream: str) -> str | None:
+        """The id just before the first entry a learner that acknowledged left pending, if any."""
+        summary: Any = await self._redis.xpending(stream, GROUP)
+        first = summary.get("min") if summary.get("pending") else None
+        return None if first is None else before(str(first))
 
     async def acquire(self, token: str, ttl_ms: int) -> bool:
         """Become the one learner, for ``ttl_ms`` unless renewed."""
@@ -60,7 +94,7 @@ class LearnerStore:
     async def ensure_groups(self) -> None:
         """Create the consumer groups, reading each stream from its start the first time."""
         async with _translated():
-            for stream in (keys.DECISION_LOG, keys.OUTCOME_LOG):
+            for stream in STREAMS:
                 try:
                     await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
                 except rx.ResponseError as exc:
@@ -68,21 +102,10 @@ class LearnerStore:
                         raise
 
     async def read(self, stream: str, count: int) -> list[Entry]:
-        """Entries of ``stream`` for this learner: first those delivered before a restart and not yet
-        acknowledged, then new ones."""
+        """The next entries of ``stream``, oldest first: each is handed out once (until a rewind)."""
         async with _translated():
-            while True:
-                start = self._cursor[stream]
-                reply: Any = await self._redis.xreadgroup(GROUP, CONSUMER, {stream: start}, count=count)
-                messages = [(i, f) for _, batch in reply for i, f in batch]
-                entries: list[Entry] = [(i, f) for i, f in messages if f]  # trimmed ones have no fields
-                if start == ">":
-                    return entries
-                # The backlog is read once: from after its last entry read (they stay unacknowledged until
-                # the learner publishes, so reading from "0" again would return them again).
-                self._cursor[stream] = messages[-1][0] if messages else ">"
-                if entries:
-                    return entries
+            reply: Any = await self._redis.xreadgroup(GROUP, CONSUMER, {stream: ">"}, count=count, noack=True)
+        return [(i, f) for _, batch in reply for i, f in batch]
 
     async def add_pending(self, due: Mapping[str, int]) -> None:
         if due:
@@ -134,21 +157,22 @@ class LearnerStore:
         snapshot_json: str | None,
         version: str,
         learned: Sequence[str],
-        acks: Mapping[str, Sequence[str]],
+        read: Mapping[str, str],
         rewards: Sequence[Mapping[str, str]],
         log_max: int,
     ) -> None:
         """In one transaction: the snapshot and its version (``None``: no new model), the learned members
-        out of the pending set, the stream entries acknowledged, and the joined rewards appended."""
+        out of the pending set, the position up to which each stream was read (stream -> the last entry
+        id), and the joined rewards appended."""
         async with _translated(), self._redis.pipeline(transaction=True) as pipe:
             if snapshot_json is not None:
                 pipe.set(keys.MODEL, snapshot_json)
                 pipe.set(keys.MODEL_VERSION, version)
             if learned:
                 pipe.zrem(keys.PENDING, *learned)
-            for stream, ids in acks.items():
-                if ids:
-                    pipe.xack(stream, GROUP, *ids)
+            if read:
+                position: dict[Any, Any] = dict(read)
+                pipe.hset(keys.LEARNER_READ, mapping=position)
             for reward in rewards:
                 entry: dict[Any, Any] = dict(reward)
                 pipe.xadd(keys.REWARDS, entry, maxlen=log_max, approximate=True)
@@ -158,12 +182,3 @@ class LearnerStore:
         async with _translated():
             version: str | None = await self._redis.get(keys.MODEL_VERSION)  # type: ignore[assignment]
         return version
-
-    async def lag(self) -> int:
-        """Entries of the decision log not yet acknowledged by the learner."""
-        async with _translated():
-            groups: Any = await self._redis.xinfo_groups(keys.DECISION_LOG)
-        for group in groups:
-            if group.get("name") == GROUP:
-                return int(group.get("pending", 0)) + int(group.get("lag", 0) or 0)
-        return 0

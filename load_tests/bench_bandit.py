@@ -340,14 +340,16 @@ def _wait_for_learner(store: redis.Redis) -> None:
 
 
 def _learner_lag(store: redis.Redis) -> int:
-    """Decisions not yet acknowledged by the learner; -1 before its consumer group exists."""
+    """Decisions the learner has not yet published as learned, read or not; -1 before its consumer group
+    exists."""
     try:
         groups: Any = store.xinfo_groups(keys.DECISION_LOG)
     except redis.ResponseError:  # no stream yet
         return -1
-    for group in groups:
-        return int(group.get("pending", 0)) + int(group.get("lag", 0) or 0)
-    return -1
+    if not groups:
+        return -1
+    position = store.hget(keys.LEARNER_READ, keys.DECISION_LOG) or "0"
+    return len(store.xrange(keys.DECISION_LOG, f"({position}", "+"))
 
 
 def _quantile(values: Sequence[float], q: float) -> float:

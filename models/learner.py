@@ -23,15 +23,15 @@ Each round:
 3. takes the pending entries whose window has closed and joins them: with what the customer's
    purchases in the window earned (learned if positive), else as a zero (already learned);
 4. publishes when something changed, at most every ``publish_every_s`` (1 s by default): the snapshot,
-   the joined entries out of the pending set, the stream entries acknowledged and the joined rewards,
-   all in one transaction.
+   the joined entries out of the pending set, the position read to in each stream and the joined
+   rewards, all in one transaction.
 
 The guarantee: an observation is learned exactly once, across restarts. Until a publish, what was
-learned lives only in this process; a crash loses it together with its acknowledgements, so after the
-restart the same entries are read again and learned again, from the last published snapshot. A
-published entry is out of the pending set and acknowledged in the same transaction that published the
-model it went into. Counterfactual entries are joined (for measurement) but never learned: those
-actions were not shown.
+learned lives only in this process; a crash loses it together with the position it had read to, so
+after the restart the same entries are read again and learned again, from the last published snapshot
+(feature_store/learning.py). A published entry is out of the pending set, and behind the published
+position, in the same transaction that published the model it went into. Counterfactual entries are
+joined (for measurement) but never learned: those actions were not shown.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class Learner:
     _version: int = 0
     _learned: list[str] = field(default_factory=list)
     _learned_set: set[str] = field(default_factory=set)
-    _acks: dict[str, list[str]] = field(default_factory=lambda: {DECISION_LOG: [], OUTCOME_LOG: []})
+    _read: dict[str, str] = field(default_factory=dict)  # stream -> the last entry id learned, to publish
     _rewards: list[dict[str, str]] = field(default_factory=list)
     _last_publish: float = 0.0
     _centre: Centre = field(default_factory=Centre)
@@ -134,8 +134,8 @@ class Learner:
         (``run`` after the store went away, say): the stream entries it came from are read again."""
         self._actions, self._version, self._centre, self._changed_model = {}, 0, Centre(), False
         self._learned, self._learned_set, self._rewards = [], set(), []
-        self._acks = {DECISION_LOG: [], OUTCOME_LOG: []}
-        self.store.rewind()
+        self._read = {}
+        await self.store.rewind()
         text = await self.store.snapshot()
         if text is None:
             return
@@ -207,7 +207,7 @@ class Learner:
                         due[Pending(fields["decision_id"], action["action_id"], kind).member()] = close
                         if kind == SERVED:  # the fake negative; a positive reward comes on top of it
                             self._observe(action["action_id"], x, NEGATIVE, now_ms)
-                self._acks[DECISION_LOG].append(entry_id)
+                self._read[DECISION_LOG] = entry_id
             await self.store.add_pending(due)
         return found
 
@@ -234,7 +234,7 @@ class Learner:
                 if close is not None and t <= close
             ]
         )
-        self._acks[OUTCOME_LOG].extend(entry_id for entry_id, _ in entries)
+        self._read[OUTCOME_LOG] = entries[-1][0]
         return True
 
     async def _close_windows(self, catalogue: Catalogue, now_ms: int) -> bool:
@@ -308,7 +308,7 @@ class Learner:
         state.updated_ms = now_ms
 
     def _changed(self) -> bool:
-        return bool(self._learned or any(self._acks.values()))
+        return bool(self._learned or self._read)
 
     async def publish_if_due(self, *, force: bool = False) -> str | None:
         """Publish what was learned since the last publish; the new version, or ``None``."""
@@ -319,8 +319,8 @@ class Learner:
         snapshot_json = None
         version = f"m-{self._version}"
         # A new model when something was learned (a served action's negative, read with its decision, is
-        # learned too); else only acknowledgements and joins. Acknowledging a decision whose negative
-        # is in no published model would lose it to a crash.
+        # learned too); else only the position and joins. Publishing a position past a decision whose
+        # negative is in no published model would lose it to a crash.
         if self._changed_model:
             version = f"m-{self._version + 1}"
             models = {a: s.frozen() for a, s in self._actions.items()}
@@ -328,13 +328,13 @@ class Learner:
             snapshot = Snapshot(version, self.now_ms(), models, centre)
             snapshot_json = snapshot.to_json()
         await self.store.publish(
-            snapshot_json, version, self._learned, self._acks, self._rewards, self.log_max
+            snapshot_json, version, self._learned, self._read, self._rewards, self.log_max
         )
         if snapshot_json is not None:
             self._version += 1
             self._changed_model = False
         self._learned, self._learned_set, self._rewards = [], set(), []
-        self._acks = {DECISION_LOG: [], OUTCOME_LOG: []}
+        self._read = {}
         self._last_publish = self.pace()
         if snapshot_json is None:
             return None

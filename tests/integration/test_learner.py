@@ -27,6 +27,7 @@ from feature_store.features import feature_names
 from feature_store.keys import (
     DECISION_LOG,
     LEARNER_LOCK,
+    LEARNER_READ,
     MODEL,
     MODEL_VERSION,
     OUTCOME_LOG,
@@ -165,8 +166,14 @@ def rewards(raw_redis: redis.Redis) -> list[dict[str, str]]:
     return [fields for _, fields in entries]
 
 
-def unacknowledged(raw_redis: redis.Redis, stream: str) -> int:
-    return int(raw_redis.xpending(stream, GROUP)["pending"])
+def unpublished(raw_redis: redis.Redis, stream: str) -> int:
+    """Entries the learner was handed and has not published as learned (a restart hands them out again).
+    No entry ever waits in the group's pending list: the learner reads without acknowledgements."""
+    assert int(raw_redis.xpending(stream, GROUP)["pending"]) == 0
+    position = raw_redis.hget(LEARNER_READ, stream) or "0"
+    groups: list[dict[str, Any]] = raw_redis.xinfo_groups(stream)  # type: ignore[assignment]
+    delivered = next(str(g["last-delivered-id"]) for g in groups if g["name"] == GROUP)
+    return len(raw_redis.xrange(stream, f"({position}", delivered))
 
 
 # Late and repeated outcomes ----------------------------------------------------------------------------
@@ -188,11 +195,11 @@ async def test_an_outcome_after_its_window_closed_changes_nothing(
 
         assert (await report(api, answer))["accepted"] == 1  # the service takes it: the decision is kept
         await settle(learner)
-        assert await learner.publish_if_due(force=True) is None  # an acknowledgement, no new model
+        assert await learner.publish_if_due(force=True) is None  # the position read to, no new model
         assert (raw_redis.get(MODEL), raw_redis.get(MODEL_VERSION)) == (model, "m-1")
         [zero] = rewards(raw_redis)
         assert (zero["decision_id"], zero["positive"], zero["source"]) == (answer["decision_id"], "0", "none")
-        assert unacknowledged(raw_redis, OUTCOME_LOG) == 0
+        assert unpublished(raw_redis, OUTCOME_LOG) == 0
         assert raw_redis.zcard(PENDING) == 0
 
 
@@ -244,7 +251,7 @@ async def test_a_repeated_outcome_is_learned_once(
             "1",
             "outcome",
         )
-        assert unacknowledged(raw_redis, OUTCOME_LOG) == 0
+        assert unpublished(raw_redis, OUTCOME_LOG) == 0
 
 
 # Purchases and closing windows -------------------------------------------------------------------------
@@ -432,6 +439,7 @@ async def test_a_learner_restarted_mid_stream_loses_and_repeats_nothing(
         clock.advance(31 * 60)
         assert await first.step()  # and every window closing as a zero
         del first  # gone before it published any of that
+        assert unpublished(raw_redis, DECISION_LOG) == 20  # what the next learner is handed again
 
         second = await started(learner_for(store, folder, clock))
         assert second._version == 1
@@ -445,7 +453,34 @@ async def test_a_learner_restarted_mid_stream_loses_and_repeats_nothing(
     assert len({(r["decision_id"], r["action_id"]) for r in joined}) == 40  # each one once
     assert {r["decision_id"] for r in joined if r["positive"] == "1"} == clicked
     assert raw_redis.zcard(PENDING) == 0
-    assert unacknowledged(raw_redis, DECISION_LOG) == unacknowledged(raw_redis, OUTCOME_LOG) == 0
+    assert unpublished(raw_redis, DECISION_LOG) == unpublished(raw_redis, OUTCOME_LOG) == 0
+
+
+async def test_a_learner_takes_over_what_an_acknowledging_learner_left_pending(
+    make_client: AppFactory, store: ProfileStore, clock: Clock, raw_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """A deployment upgraded from a learner that acknowledged entries at each publish: the entries it had
+    read and not acknowledged are handed out again, once, and its pending list goes."""
+    folder = catalogue_copy(tmp_path)
+    async with make_client(policies=folder, decision_budget_ms=ROOMY) as api:
+        await store.learning().ensure_groups()
+        for n in range(3):
+            await decide(api, f"c-{n}")
+        # The old learner: read all three, acknowledged (published) the first only.
+        [(_, entries)] = raw_redis.xreadgroup(GROUP, "learner", {DECISION_LOG: ">"})  # type: ignore[misc]
+        raw_redis.xack(DECISION_LOG, GROUP, entries[0][0])
+        assert raw_redis.xpending(DECISION_LOG, GROUP)["pending"] == 2
+        assert raw_redis.exists(LEARNER_READ) == 0
+
+        learner = await started(learner_for(store, folder, clock))
+        await settle(learner)
+        assert await learner.publish_if_due(force=True) == "m-1"
+        assert counts(raw_redis) == {"generic_banner": (2, 0)}  # the two left pending, and only those
+        assert unpublished(raw_redis, DECISION_LOG) == 0
+        assert raw_redis.hget(LEARNER_READ, DECISION_LOG) == entries[2][0]
+
+        again = await started(learner_for(store, folder, clock))  # a restart: nothing is handed out again
+        assert not await again.step()
 
 
 async def test_a_second_learner_waits_while_the_first_holds_the_lock(
@@ -529,7 +564,7 @@ async def test_a_store_outage_mid_run_loses_nothing_learned_before_it(
     assert counts(raw_redis) == {"generic_banner": (2, 2)}
     assert len(rewards(raw_redis)) == 2
     assert raw_redis.zcard(PENDING) == 0  # both learned as positives
-    assert unacknowledged(raw_redis, DECISION_LOG) == unacknowledged(raw_redis, OUTCOME_LOG) == 0
+    assert unpublished(raw_redis, DECISION_LOG) == unpublished(raw_redis, OUTCOME_LOG) == 0
 
 
 # What the API instances see ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from redis.crc import key_slot
 
 from feature_store import keys
+from feature_store.learning import before
 
 
 def test_every_key_of_a_customer_is_in_one_slot() -> None:
@@ -38,3 +39,10 @@ def test_script_keys_are_the_named_keys_in_the_order_the_scripts_read_them() -> 
             profile_keys.alias,
         ]  # fmt: skip
         assert profile_keys.data_keys() == profile_keys.script_keys()[:-1]
+
+
+def test_the_id_before_an_entry_is_the_last_one_a_group_made_there_has_handed_out() -> None:
+    assert before("1700000000000-3") == "1700000000000-2"
+    assert before("1700000000000-0") == "1699999999999-18446744073709551615"
+    assert before("0-1") == "0-0"
+    assert before("0-0") == "0"
