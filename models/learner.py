@@ -114,9 +114,11 @@ class Learner:
     # What ``publish_every_s`` is measured on: the wall clock's seconds, unless a simulation moves time.
     pace: Clock = time.monotonic
     log_max: int = 1_000_000
-    # Entries per read, and windows per join. Redis serves nothing else while it answers one read: 500
-    # decisions' entries took it up to 0.8 ms, in which every decision waited (docs/performance.md).
-    batch: int = 100
+    # Entries per read of a log: Redis serves nothing else while it answers one, and 500 decisions'
+    # entries took it up to 0.8 ms, in which every decision waited (docs/performance.md).
+    read_batch: int = 100
+    # Windows joined per round: fewer a round would close fewer a second (each round reads the logs first).
+    batch: int = 500
     close_grace_ms: int = CLOSE_GRACE_MS
     _actions: dict[str, _Action] = field(default_factory=dict)
     _version: int = 0
@@ -194,7 +196,7 @@ class Learner:
     async def _take_decisions(self, catalogue: Catalogue) -> bool:
         found = False
         now_ms = self.now_ms()
-        while entries := await self.store.read(DECISION_LOG, self.batch):
+        while entries := await self.store.read(DECISION_LOG, self.read_batch):
             found = True
             due: dict[str, int] = {}
             for entry_id, fields in entries:
@@ -214,7 +216,7 @@ class Learner:
         return found
 
     async def _take_outcomes(self, catalogue: Catalogue) -> bool:
-        entries = await self.store.read(OUTCOME_LOG, self.batch)
+        entries = await self.store.read(OUTCOME_LOG, self.read_batch)
         if not entries:
             return False
         earned: list[tuple[Pending, Earned, int]] = []
