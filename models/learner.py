@@ -199,7 +199,7 @@ class Learner:
         while entries := await self.store.read(DECISION_LOG, self.read_batch):
             found = True
             due: dict[str, int] = {}
-            for entry_id, fields in entries:
+            for _, fields in entries:
                 placement = catalogue.placements.get(fields.get("placement", ""))
                 window = placement.attribution if placement else DEFAULT_ATTRIBUTION_MS
                 close = int(fields["time_ms"]) + window
@@ -211,7 +211,7 @@ class Learner:
                         due[Pending(fields["decision_id"], action["action_id"], kind).member()] = close
                         if kind == SERVED:  # the fake negative; a positive reward comes on top of it
                             self._observe(action["action_id"], x, NEGATIVE, now_ms)
-                self._read[DECISION_LOG] = entry_id
+            self._read[DECISION_LOG] = entries[-1][0]
             await self.store.add_pending(due)
         return found
 
