@@ -1,6 +1,6 @@
 """Live customer profiles in Redis: events in, profiles out (see ``store.py``; key shapes in ``keys.py``)."""
 
-from feature_store.errors import IdentityConflict, StoreError, StoreUnavailable
+from feature_store.errors import IdentityConflict, LockLost, StoreError, StoreUnavailable
 from feature_store.events import Event
 from feature_store.keys import IdKind
 from feature_store.profile import Profile, StageRules
@@ -11,6 +11,7 @@ __all__ = [
     "IdKind",
     "IdentityConflict",
     "Ingested",
+    "LockLost",
     "Profile",
     "ProfileStore",
     "StageRules",

@@ -5,7 +5,8 @@
     StoreError                   base of everything below
     ├── StoreUnavailable         Redis cannot be reached, timed out, is loading or refuses writes;
     │                            nothing was acknowledged, the caller may retry (HTTP 503)
-    └── IdentityConflict         an anonymous id is already linked to another customer (HTTP 409)
+    ├── IdentityConflict         an anonymous id is already linked to another customer (HTTP 409)
+    └── LockLost                 the learner's lock passed to another learner: its publish was refused
 """
 
 from __future__ import annotations
@@ -26,3 +27,8 @@ class IdentityConflict(StoreError):
         super().__init__(f"anonymous id {anonymous_id!r} is already linked to another customer")
         self.anonymous_id = anonymous_id
         self.linked_to = linked_to
+
+
+class LockLost(StoreError):
+    """The learner's lock is no longer this learner's (it expired, and another learner may hold it): what
+    this learner would have published was not."""

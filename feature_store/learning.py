@@ -22,6 +22,7 @@ from redis import exceptions as rx
 
 from feature_store import keys
 from feature_store.calls import translated as _translated
+from feature_store.errors import LockLost
 from feature_store.keys import ProfileKeys
 
 GROUP = "learner"
@@ -160,11 +161,24 @@ class LearnerStore:
         read: Mapping[str, str],
         rewards: Sequence[Mapping[str, str]],
         log_max: int,
+        token: str | None = None,
     ) -> None:
         """In one transaction: the snapshot and its version (``None``: no new model), the learned members
         out of the pending set, the position up to which each stream was read (stream -> the last entry
-        id), and the joined rewards appended."""
+        id), and the joined rewards appended.
+
+        With ``token``, only while the learner's lock holds it: a learner can lose its lock without
+        knowing (stopped or starved past the lock's time between a renewal and the publish) while
+        another takes it, and two learners publishing would each undo the other's learning. The lock is
+        watched from the check to the transaction (``WATCH``: https://redis.io/docs/latest/develop/
+        interact/transactions/#optimistic-locking-using-check-and-set), so one that changes or expires
+        in between aborts it. Raises :class:`LockLost`, with nothing written."""
         async with _translated(), self._redis.pipeline(transaction=True) as pipe:
+            if token is not None:
+                await pipe.watch(keys.LEARNER_LOCK)
+                if await pipe.get(keys.LEARNER_LOCK) != token:
+                    raise LockLost("the learner's lock is another learner's: nothing was published")
+                pipe.multi()  # type: ignore[no-untyped-call]
             if snapshot_json is not None:
                 pipe.set(keys.MODEL, snapshot_json)
                 pipe.set(keys.MODEL_VERSION, version)
@@ -176,7 +190,10 @@ class LearnerStore:
             for reward in rewards:
                 entry: dict[Any, Any] = dict(reward)
                 pipe.xadd(keys.REWARDS, entry, maxlen=log_max, approximate=True)
-            await pipe.execute()
+            try:
+                await pipe.execute()
+            except rx.WatchError:
+                raise LockLost("the learner's lock changed while publishing: nothing was published") from None
 
     async def model_version(self) -> str | None:
         async with _translated():

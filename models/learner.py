@@ -47,6 +47,7 @@ from typing import Any
 import structlog
 from river import linear_model, optim
 
+from feature_store.errors import LockLost
 from feature_store.keys import DECISION_LOG, OUTCOME_LOG
 from feature_store.learning import LearnerStore
 from models.rewards import COUNTERFACTUAL, SERVED, Earned, Pending, at_close, from_outcome
@@ -120,6 +121,9 @@ class Learner:
     # Windows joined per round: fewer a round would close fewer a second (each round reads the logs first).
     batch: int = 500
     close_grace_ms: int = CLOSE_GRACE_MS
+    # The lock this learner holds, which its publishes are fenced by (``run`` takes it; a learner driven
+    # by hand, as tests and the simulation do, publishes unfenced).
+    token: str | None = None
     _actions: dict[str, _Action] = field(default_factory=dict)
     _version: int = 0
     _learned: list[str] = field(default_factory=list)
@@ -156,7 +160,12 @@ class Learner:
             )
 
     async def run(self, stop: asyncio.Event, *, idle_s: float = 0.1) -> None:
-        """Learn until ``stop`` is set, as the one learner (waiting for the lock while another holds it)."""
+        """Learn until ``stop`` is set, as the one learner (waiting for the lock while another holds it).
+
+        Returns early when the lock is lost: found at a renewal, or at a publish, which is refused when
+        the lock has passed to another learner since (feature_store/learning.py). What was learned and
+        not published is dropped; run again, the learner waits for the lock and starts from what is
+        published."""
         token = os.urandom(12).hex()
         while not stop.is_set():
             if await self.store.acquire(token, LOCK_MS):
@@ -165,20 +174,24 @@ class Learner:
             await pause(stop, LOCK_MS / 3000)
         else:
             return
+        self.token = token
         try:
             await self.store.ensure_groups()
             await self.restore()
             log.info("learner_started", version=self._version, actions=len(self._actions))
             while not stop.is_set():
                 if not await self.store.renew(token, LOCK_MS):
-                    log.error("learner_lost_lock")
+                    log.error("learner_lost_lock", at="renewal")
                     return
                 busy = await self.step()
                 await self.publish_if_due()
                 if not busy:
                     await pause(stop, idle_s)
             await self.publish_if_due(force=True)
+        except LockLost:
+            log.error("learner_lost_lock", at="publish")
         finally:
+            self.token = None
             await self.store.release(token)
 
     async def step(self) -> bool:
@@ -332,7 +345,7 @@ class Learner:
             snapshot = Snapshot(version, self.now_ms(), models, centre)
             snapshot_json = snapshot.to_json()
         await self.store.publish(
-            snapshot_json, version, self._learned, self._read, self._rewards, self.log_max
+            snapshot_json, version, self._learned, self._read, self._rewards, self.log_max, self.token
         )
         if snapshot_json is not None:
             self._version += 1

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import structlog
 
 from app.cli import _learn_until
 from feature_store import ProfileStore, StoreUnavailable
@@ -36,6 +37,7 @@ from feature_store.keys import (
 )
 from feature_store.learning import GROUP
 from feature_store.profile import iso
+from models import learner as learner_module
 from models.learner import Learner
 from models.snapshot import Snapshot
 from policies import holdout
@@ -524,6 +526,50 @@ async def test_a_second_learner_waits_while_the_first_holds_the_lock(
             await asyncio.wait_for(running, 2)
     assert raw_redis.get(LEARNER_LOCK) is None  # released on the way out
     assert counts(raw_redis) == {"generic_banner": (2, 2)}
+
+
+async def test_a_learner_that_lost_its_lock_without_noticing_publishes_nothing(
+    make_client: AppFactory,
+    store: ProfileStore,
+    clock: Clock,
+    raw_redis: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lock expired while the learner was stopped or starved after its last renewal, and another
+    learner took it: its next publish (here the last one, on the way out) must not land, or the two
+    would each undo the other's learning."""
+    folder = catalogue_copy(tmp_path)
+    # Publishes only when stopped (never due on this pace), and rests long between rounds once idle.
+    learner = learner_for(store, folder, clock, publish_every_s=3600, pace=lambda: 0.0)
+    stop = asyncio.Event()
+    async with make_client(policies=folder, decision_budget_ms=ROOMY) as api:
+        await report(api, await decide(api, "c-1"))
+        running = asyncio.create_task(learner.run(stop, idle_s=3600))
+        try:
+            await until(lambda: _true(bool(learner._read)), 2, "the learner reads the decision")
+            await asyncio.sleep(0.3)  # and goes idle, past its renewal
+            with structlog.testing.capture_logs() as logged:
+                # A fresh logger: the module's own cached its configuration at first use, in an earlier test.
+                monkeypatch.setattr(learner_module, "log", structlog.get_logger("nba.learner"))
+                # Another learner holds the lock now; this one is told to stop before it renews.
+                raw_redis.set(LEARNER_LOCK, "another learner", px=15_000)
+                stop.set()
+                await asyncio.wait_for(running, 2)
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 2)
+    assert [e.get("at") for e in logged if e["event"] == "learner_lost_lock"] == ["publish"]
+    assert raw_redis.get(MODEL_VERSION) is None
+    assert raw_redis.get(MODEL) is None
+    assert raw_redis.hgetall(LEARNER_READ) == {}  # the decision is still to be learned, by the other
+    assert raw_redis.xlen(REWARDS) == 0
+    assert raw_redis.get(LEARNER_LOCK) == "another learner"  # and its lock is left alone
+    assert learner.token is None
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_a_store_outage_mid_run_loses_nothing_learned_before_it(
