@@ -196,11 +196,12 @@ class Services:
         """The profile, its aliases and contact history (store.erase), its pending triggers, and its
         deliveries not yet made."""
         erased = await self.store.erase(profile_id, id_type)
-        if id_type is IdKind.CUSTOMER:
-            ref = store_keys.customer(profile_id).ref
-            erased = bool(await self.store.triggers().forget(ref, self.catalogues.live.triggers)) or erased
-            erased = bool(await self.store.outbox().forget(ref)) or erased
-        if not erased:
+        found = erased.existed
+        if erased.customer_id is not None:  # also when reached through a linked anonymous id
+            ref = store_keys.customer(erased.customer_id).ref
+            found = bool(await self.store.triggers().forget(ref, self.catalogues.live.triggers)) or found
+            found = bool(await self.store.outbox().forget(ref)) or found
+        if not found:
             raise NotFound(_unknown(profile_id, id_type), code="customer_not_found")
 
     async def link(self, body: IdentityIn) -> IdentityLinked:

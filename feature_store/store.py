@@ -93,6 +93,16 @@ class Ingested:
 
 
 @dataclass(frozen=True, slots=True)
+class Erased:
+    """What an erasure found: whether any data of the person existed, and the customer whose profile it
+    erased (the id asked for, or the customer a linked anonymous id leads to; ``None`` for an anonymous
+    visitor who is linked to no one), whose pending triggers and deliveries go too (app/services.py)."""
+
+    existed: bool
+    customer_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Read:
     """A profile as read for a decision: under which keys it lives, as Redis holds it (``raw.exists``
     is false when there is none; features.py reads it), and what the events did."""
@@ -536,12 +546,11 @@ class ProfileStore:
         async with translated():
             return str(await self._redis.incr(keys.CATALOGUE_GENERATION))
 
-    async def erase(self, profile_id: str, kind: IdKind = IdKind.CUSTOMER) -> bool:
+    async def erase(self, profile_id: str, kind: IdKind = IdKind.CUSTOMER) -> Erased:
         """Erase everything about a person: the profile, every linked anonymous id and its data.
 
         Through a linked anonymous id, the customer it is linked to is erased. Linked ids go first and
         the customer's own keys (which list them) last, so an interrupted erase completes when repeated.
-        Returns whether anything existed.
         """
         profile_keys = ProfileKeys(kind, profile_id)
         async with translated():
@@ -555,7 +564,8 @@ class ProfileStore:
                     pipe.delete(*linked_keys.data_keys(), linked_keys.alias)
                 pipe.delete(*profile_keys.data_keys(), profile_keys.alias)
                 await pipe.execute()
-        return existed or bool(aliases)
+        customer = profile_keys.id if profile_keys.kind is IdKind.CUSTOMER else None
+        return Erased(existed or bool(aliases), customer)
 
     async def _pipelined(self, commands: Sequence[tuple[Any, ...]], events: int = 0) -> list[Any]:
         """Send the commands in one write and read their replies, an error reply in its place: a

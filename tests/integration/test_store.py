@@ -10,7 +10,7 @@ import redis
 from feature_store import Event, IdentityConflict, IdKind, ProfileStore, StoreConfig, StoreUnavailable
 from feature_store import keys as k
 from feature_store.profile import RawProfile, decode
-from feature_store.store import CHUNK_EVENTS
+from feature_store.store import CHUNK_EVENTS, Erased
 from tests.conftest import Clock
 
 MINUTE = 60.0
@@ -454,18 +454,21 @@ async def test_erase_removes_the_customer_and_every_linked_visitor(
     await store.ingest([ev(clock, "page_view", customer_id="c-other")])
     await store.link("v-1", "c-1")
     await store.link("v-2", "c-1")
-    assert await store.erase("v-2", IdKind.ANONYMOUS) is True, "through a linked id, the customer goes"
+    erased = await store.erase("v-2", IdKind.ANONYMOUS)
+    assert erased == Erased(existed=True, customer_id="c-1"), "through a linked id, the customer goes"
     assert await store.profile("c-1") is None
     assert await store.profile("v-1", IdKind.ANONYMOUS) is None
     assert sorted(raw_redis.keys("nba:*")) == sorted(
         key for key in k.customer("c-other").script_keys() if raw_redis.exists(key)
     )
-    assert await store.erase("c-1") is False
+    assert await store.erase("c-1") == Erased(existed=False, customer_id="c-1")
     # A later event under a linked visitor id starts a new anonymous profile: the link was erased too.
     await store.ingest([ev(clock, "page_view", anonymous_id="v-1", customer_id=None)])
     visitor = await store.profile("v-1", IdKind.ANONYMOUS)
     assert visitor is not None
     assert visitor.kind == "anonymous"
+    # A visitor linked to no one is erased alone: there is no customer to erase with it.
+    assert await store.erase("v-1", IdKind.ANONYMOUS) == Erased(existed=True, customer_id=None)
 
 
 async def test_a_link_is_renewed_by_use_and_a_relink_after_it_expired_merges_again(

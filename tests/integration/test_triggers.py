@@ -430,6 +430,31 @@ async def test_erasing_a_customer_forgets_their_pending_triggers(
         assert [d["customer"] for d in decisions(raw_redis)] == ["c:c-2"]
 
 
+async def test_erasing_through_a_linked_anonymous_id_forgets_the_customers_triggers_and_deliveries(
+    redis_url: str, raw_redis: redis.Redis, clock: Clock, tmp_path: Path
+) -> None:
+    """The erasure of the customer a visitor id is linked to is that customer's whole erasure: a trigger
+    left pending would fire after it, and a delivery would carry their features to the platform."""
+    async with service(redis_url, clock, catalogue(tmp_path)) as (client, services, worker):
+        for customer in ("c-1", "c-2"):
+            link = {"anonymous_id": f"v-{customer}", "customer_id": customer}
+            assert (await client.post("/v1/identities", json=link)).status_code == 200
+        await send(client, consent("c-1"), cart_add("c-1"), consent("c-2"), cart_add("c-2"))
+        clock.advance(30 * MINUTE)
+        assert await worker.round() == 2  # one delivery due for each
+        await send(client, cart_add("c-1", "sku-2"), cart_add("c-2", "sku-2"))  # and a trigger pending
+        outbox = services.store.outbox()
+        assert (await outbox.counts()).due == 2
+        erase = await client.delete("/v1/customers/v-c-1", params={"id_type": "anonymous"})
+        assert erase.status_code == 204
+        assert set(await services.store.triggers().pending()) == {"cart_abandonment|c:c-2"}
+        assert (await outbox.counts()).due == 1
+        [left] = [k for k in raw_redis.keys("nba:{o}:m:*")]
+        assert raw_redis.hget(left, "customer") == "c:c-2"
+        gone = await client.delete("/v1/customers/v-c-1", params={"id_type": "anonymous"})
+        assert gone.status_code == 404
+
+
 async def test_erasing_a_customer_erases_their_deliveries_not_yet_made(
     redis_url: str, raw_redis: redis.Redis, clock: Clock, tmp_path: Path
 ) -> None:
