@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.logging import current_request_id
 from app.metrics import route_template
 from app.schemas import ErrorBody
 from feature_store import IdentityConflict, StoreUnavailable
@@ -200,7 +201,7 @@ def unexpected(route: str, method: str) -> JSONResponse:
     handled (by the handler above, and by the decisions' fast lane, app/routes/decisions.py)."""
     log.exception("unhandled_error", route=route, method=method)
     # Bound by app/logging.py's RequestIds, which this answer (made further out) does not pass through.
-    request_id = structlog.contextvars.get_contextvars().get("request_id", "")
+    request_id = current_request_id() or ""
     return _body(
         500,
         "internal_error",

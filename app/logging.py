@@ -1,7 +1,7 @@
 """Structured logs: JSON lines in production (or when not on a terminal), readable in development.
 
-Each HTTP request binds a ``request_id`` (:class:`RequestIds`) that every log line of that request
-carries; decisions log their ``decision_id``, one ``decision`` event each.
+Each HTTP request binds a ``request_id`` (:class:`RequestIds`, :func:`bind_request_id`) that every log
+line of that request carries; decisions log their ``decision_id``, one ``decision`` event each.
 
 No raw personal data: customer and anonymous ids, emails and IP addresses are logged only under the
 keys in :data:`PERSONAL`, and those values are replaced on the way out by a pseudonym, the first 16 hex
@@ -23,7 +23,8 @@ import random
 import re
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -49,15 +50,36 @@ def pseudonym(salt: bytes, value: str) -> str:
     return hmac.new(salt, value.encode(), hashlib.sha256).hexdigest()[:16]
 
 
+# XOR with HMAC's inner and outer pads, as translation tables (RFC 2104; the hmac module's own).
+_IPAD: Final = bytes(x ^ 0x36 for x in range(256))
+_OPAD: Final = bytes(x ^ 0x5C for x in range(256))
+
+
+def _keyed(salt: bytes) -> Callable[[str], str]:
+    """:func:`pseudonym` for one salt, with the key's inner and outer hash states made once: each value
+    then costs two copies and two updates of SHA-256 (RFC 2104's construction, which the hmac module
+    uses without OpenSSL), half the time of ``hmac.new`` per value. tests/unit/test_logging.py holds
+    the two equal."""
+    key = (hashlib.sha256(salt).digest() if len(salt) > 64 else salt).ljust(64, b"\0")
+    inner, outer = hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+
+    def keyed(value: str) -> str:
+        mac = inner.copy()
+        mac.update(value.encode())
+        out = outer.copy()
+        out.update(mac.digest())
+        return out.hexdigest()[:16]
+
+    return keyed
+
+
 def pseudonymizer(salt: bytes) -> structlog.typing.Processor:
     """A structlog processor that replaces the values of :data:`PERSONAL` keys with their pseudonyms.
 
     The pseudonyms of the ids seen last are kept: a visitor's page views each log a decision, and an
     HMAC costs more than the rest of the line's processing."""
 
-    @functools.lru_cache(maxsize=16384)
-    def hidden(text: str) -> str:
-        return pseudonym(salt, text)
+    hidden = functools.lru_cache(maxsize=16384)(_keyed(salt))
 
     def hide(value: Any, prefix: str) -> Any:
         if isinstance(value, str):
@@ -75,16 +97,42 @@ def pseudonymizer(salt: bytes) -> structlog.typing.Processor:
     return processor
 
 
+# The request being answered, for its log lines: one variable read per line. structlog's contextvars
+# module keeps a variable per key bound and finds them by walking every variable of the context, a
+# tenth of a decision line's time (docs/performance.md); the request id is the only one bound.
+_REQUEST_ID: Final[ContextVar[str | None]] = ContextVar("nba_request_id", default=None)
+
+
+def bind_request_id(rid: str) -> Token[str | None]:
+    """Log lines from here on carry ``request_id=rid``, until :func:`reset_request_id` with the token."""
+    return _REQUEST_ID.set(rid)
+
+
+def reset_request_id(token: Token[str | None]) -> None:
+    _REQUEST_ID.reset(token)
+
+
+def current_request_id() -> str | None:
+    return _REQUEST_ID.get()
+
+
+def add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """``request_id``: the request's, unless the line gives its own."""
+    rid = _REQUEST_ID.get()
+    if rid is not None:
+        event.setdefault("request_id", rid)
+    return event
+
+
 def stamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """``timestamp``: the time in ISO 8601, UTC, to the microsecond (``2026-11-22T20:15:03.123456Z``).
     structlog's ``TimeStamper`` builds a datetime per line; here the text up to the second is built
     once a second."""
-    now = time.time()
-    second = int(now)
+    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
     cached = _second[0]  # read once: another thread may replace it
     if cached[0] != second:
         cached = _second[0] = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-    event["timestamp"] = f"{cached[1]}.{int((now - second) * 1_000_000):06d}Z"
+    event["timestamp"] = f"{cached[1]}.{micros:06d}Z"
     return event
 
 
@@ -115,7 +163,7 @@ def configure(log_format: str = "auto", salt: bytes | None = None) -> None:
             _render_json if out is not None else lambda event, **_: _render_json(event).decode()
         )
     )
-    tracebacks: structlog.typing.Processor = (
+    exceptions: structlog.typing.Processor = (
         # Without locals: a frame's variables hold request bodies, customer ids and keys.
         structlog.processors.ExceptionRenderer(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
@@ -123,9 +171,13 @@ def configure(log_format: str = "auto", salt: bytes | None = None) -> None:
         if json_logs
         else structlog.processors.format_exc_info
     )
+
+    def tracebacks(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        return exceptions(logger, method, event) if "exc_info" in event else event
+
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            add_request_id,
             pseudonymizer(salt or os.urandom(32)),
             structlog.processors.add_log_level,
             stamp,
@@ -158,8 +210,8 @@ class RequestIds:
     """ASGI middleware: binds ``request_id`` to the logs of each request and echoes it in the response's
     ``X-Request-ID``.
 
-    On success the binding is undone. When an exception escapes, it is left in place: the handler that
-    logs it (``unhandled_error``, further out) still sees it, and the request's task ends with it.
+    On success the binding is undone. When an exception escapes, it is left in place (``unhandled_error``,
+    further out, logs it with the request id and answers with it).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -176,6 +228,6 @@ class RequestIds:
                 MutableHeaders(scope=message).append("x-request-id", rid)
             await send(message)
 
-        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+        token = bind_request_id(rid)
         await self.app(scope, receive, sending)
-        structlog.contextvars.reset_contextvars(**tokens)
+        reset_request_id(token)

@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 import orjson
-import structlog
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from pydantic import ValidationError
@@ -16,7 +15,7 @@ from app import errors
 from app.auth import require
 from app.errors import documented
 from app.limits import is_json
-from app.logging import request_id
+from app.logging import bind_request_id, request_id, reset_request_id
 from app.metrics import http_request
 from app.routes.deps import ServicesDep
 from app.schemas import DecideIn, DecideOut, OutcomesAccepted, OutcomesBody
@@ -110,7 +109,7 @@ class FastDecide:
             await self.app(scope, _replay(received, receive), send)
             return
         rid = request_id(scope)
-        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+        token = bind_request_id(rid)
         status = 500
         try:
             try:
@@ -133,7 +132,7 @@ class FastDecide:
                 await send({"type": "http.response.body", "body": answer})
         finally:
             http_request(ROUTE, "POST", status, time.perf_counter() - started)
-        structlog.contextvars.reset_contextvars(**tokens)
+        reset_request_id(token)
 
 
 async def _send(response: Response, rid: str, send: Send) -> None:
