@@ -29,7 +29,7 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 from prometheus_client import (
@@ -186,19 +186,18 @@ def decided(
     fallback: bool,
     source: str,
     seconds: float,
-    verdicts: Sequence[Verdict] = (),
-    not_offered: Container[str] = (),
+    offered: Sequence[Verdict] = (),
 ) -> None:
     """Count one decision, its duration, and the drop-out of each action offered on the placement that
-    it did not choose. The actions in ``not_offered`` never entered this placement's funnel and are not
-    drop-outs."""
+    it did not choose (``offered``: the verdicts of the placement's actions; the catalogue's others
+    never entered its funnel and are not drop-outs)."""
     _child(_decisions, DECISIONS, (placement, action, group, "true" if fallback else "false", source)).inc()
     _child(_decision_seconds, DECISION_SECONDS, (placement, source)).observe(seconds)
-    if not verdicts:
+    if not offered:
         return
     dropped: dict[str, int] = {}
-    for verdict in verdicts:
-        if verdict.status != "chosen" and verdict.action_id not in not_offered:
+    for verdict in offered:
+        if verdict.status != "chosen":
             dropped[verdict.status] = dropped.get(verdict.status, 0) + 1
     for status, count in dropped.items():
         _child(_dropouts, DROPOUTS, (placement, status)).inc(count)

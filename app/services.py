@@ -330,8 +330,7 @@ class Services:
             fallback=False,
             source=source,
             seconds=latency_ms / 1000,
-            verdicts=decision.verdicts,
-            not_offered=funnel.not_offered(catalogue, body.placement),
+            offered=decision.offered,
         )
         log.info(
             "decision",
@@ -395,7 +394,7 @@ class Services:
             "scores": _json(
                 {
                     v.action_id: [round(v.propensity, 6), round(v.priority or 0.0, 6)]
-                    for v in decision.verdicts
+                    for v in decision.offered
                     if v.propensity is not None
                 }
             ),

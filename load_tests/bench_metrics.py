@@ -45,8 +45,7 @@ def measure(n: int) -> dict[str, Any]:
                 fallback=False,
                 source="web",
                 seconds=0.0012,
-                verdicts=verdicts,
-                applicable=lambda _: True,
+                offered=verdicts,
             )
         return time.perf_counter() - start
 

@@ -25,7 +25,7 @@ import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from policies import holdout
 from policies.catalogue import Catalogue, CompiledAction, Exploration, Limit
@@ -108,10 +108,20 @@ class Decision:
     chosen: tuple[Choice, ...]
     counterfactual: tuple[Choice, ...]  # control only: what treatment would have served
     eligible: Mapping[str, float]  # action -> probability at the first draw, over the served draw
-    verdicts: tuple[Verdict, ...]
+    offered: tuple[Verdict, ...]  # the verdicts of the placement's actions, in the catalogue's order
     assigned_group: str | None  # a group assigned at this sight, to persist
     assigned_holdouts: Mapping[str, bool]  # per-action holdouts assigned at this sight, to persist
     model_version: str
+    layout: _Layout  # where the placement's actions stand among the catalogue's, and the others' verdicts
+
+    @property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        """Every action's verdict, in the catalogue's order: the placement's, and "not offered" for the
+        others. Made when asked (an explanation): the metrics and the record read ``offered``."""
+        out = list(self.layout.others)
+        for index, verdict in zip(self.layout.offered_at, self.offered, strict=True):
+            out[index] = verdict
+        return cast(tuple[Verdict, ...], tuple(out))  # each None's place is one of offered_at
 
 
 def _count(
@@ -256,7 +266,6 @@ def decide(
     applicable = catalogue.by_placement.get(placement, ())
     rules = RuleScope(situation.features, situation.context)
     propensity_of = scorer.for_situation(situation.features, situation.context, placement, situation.now_ms)
-    verdicts.update(not_offered(catalogue, placement))
     for action in applicable:
         a = action.spec
         try:
@@ -321,10 +330,11 @@ def decide(
         chosen=chosen,
         counterfactual=counterfactual,
         eligible=eligible,
-        verdicts=tuple(verdicts[a] for a in catalogue.actions),
+        offered=tuple(verdicts[a.spec.id] for a in applicable),
         assigned_group=assigned_group,
         assigned_holdouts=assigned_holdouts,
         model_version=scorer.version,
+        layout=_layout(catalogue, placement),
     )
 
 
@@ -335,27 +345,38 @@ def _fixed_verdict(action_id: str, status: Status, reason: str) -> Verdict:
     return Verdict(action_id, status, reason)
 
 
-def not_offered(catalogue: Catalogue, placement: str) -> Mapping[str, Verdict]:
-    """The verdicts of the actions not offered on ``placement``: the same for every decision there, so
-    made once per catalogue (the live one; a reload replaces them)."""
-    if _NOT_OFFERED.catalogue is not catalogue:
-        _NOT_OFFERED.catalogue, _NOT_OFFERED.verdicts = catalogue, {}
-    found = _NOT_OFFERED.verdicts.get(placement)
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    others: tuple[Verdict | None, ...]  # per action of the catalogue: "not offered", or None if offered
+    offered_at: tuple[int, ...]  # the places of the placement's actions among the catalogue's
+
+
+def _layout(catalogue: Catalogue, placement: str) -> _Layout:
+    """The same for every decision on ``placement``, so made once per catalogue (the live one; a reload
+    replaces it)."""
+    if _LAYOUTS.catalogue is not catalogue:
+        _LAYOUTS.catalogue, _LAYOUTS.layouts = catalogue, {}
+    found = _LAYOUTS.layouts.get(placement)
     if found is None:
-        found = _NOT_OFFERED.verdicts[placement] = {
-            a.id: Verdict(a.id, "ineligible", f"not offered on {placement}")
-            for a in catalogue.actions.values()
-            if placement not in a.spec.placements
-        }
+        actions = list(catalogue.actions.values())
+        found = _LAYOUTS.layouts[placement] = _Layout(
+            tuple(
+                None
+                if placement in a.spec.placements
+                else Verdict(a.id, "ineligible", f"not offered on {placement}")
+                for a in actions
+            ),
+            tuple(i for i, a in enumerate(actions) if placement in a.spec.placements),
+        )
     return found
 
 
-class _NotOffered(threading.local):
+class _Layouts(threading.local):
     catalogue: Catalogue | None = None
-    verdicts: dict[str, dict[str, Verdict]]
+    layouts: dict[str, _Layout]
 
 
-_NOT_OFFERED = _NotOffered()
+_LAYOUTS = _Layouts()
 
 
 def fallback(catalogue: Catalogue, placement: str, *, limit: int | None = None) -> tuple[Choice, ...]:
