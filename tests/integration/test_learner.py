@@ -546,8 +546,12 @@ async def test_a_learner_that_lost_its_lock_without_noticing_publishes_nothing(
     async with make_client(policies=folder, decision_budget_ms=ROOMY) as api:
         await report(api, await decide(api, "c-1"))
         running = asyncio.create_task(learner.run(stop, idle_s=3600))
+
+        async def read() -> bool:
+            return bool(learner._read)
+
         try:
-            await until(lambda: _true(bool(learner._read)), 2, "the learner reads the decision")
+            await until(read, 2, "the learner reads the decision")
             await asyncio.sleep(0.3)  # and goes idle, past its renewal
             with structlog.testing.capture_logs() as logged:
                 # A fresh logger: the module's own cached its configuration at first use, in an earlier test.
@@ -566,10 +570,6 @@ async def test_a_learner_that_lost_its_lock_without_noticing_publishes_nothing(
     assert raw_redis.xlen(REWARDS) == 0
     assert raw_redis.get(LEARNER_LOCK) == "another learner"  # and its lock is left alone
     assert learner.token is None
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_a_store_outage_mid_run_loses_nothing_learned_before_it(
