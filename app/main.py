@@ -29,9 +29,18 @@ from app.settings import Settings
 from app.snapshots import Models
 from app.triggers import TriggerWorker
 from feature_store import StoreUnavailable
+from feature_store.redis_config import Finding
 from policies.catalogue import CatalogueInvalid, default_path
 
 log = structlog.get_logger("nba")
+
+
+def report_config(findings: list[Finding]) -> None:
+    """An external Redis's settings that are not what the service needs, one line each at start: an
+    error where data already accepted may be lost, else a warning (feature_store/redis_config.py)."""
+    for f in findings:
+        line = log.error if f.loses_data else log.warning
+        line("redis_config", setting=f.setting, value=f.value, want=f.want, why=f.why)
 
 
 class Service(FastAPI):
@@ -118,6 +127,8 @@ def create_app(
             )
             try:
                 await store.load_scripts()
+                if settings.redis_url is not None:  # the embedded Redis is configured by the service
+                    report_config(await store.check_config())
             except StoreUnavailable as exc:  # the store may come later; /readyz tells
                 log.warning("store_not_ready_at_start", error=str(exc))
             await catalogues.start(store)

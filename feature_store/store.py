@@ -32,7 +32,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
-from feature_store import keys
+from feature_store import keys, redis_config
 from feature_store.calls import lua, translated
 from feature_store.errors import IdentityConflict, StoreUnavailable
 from feature_store.events import (
@@ -294,6 +294,11 @@ class ProfileStore:
     async def ping(self) -> None:
         async with translated():
             await self._redis.ping()
+
+    async def check_config(self) -> list[redis_config.Finding]:
+        """The settings of this Redis that are not what the service needs (redis_config.py)."""
+        async with translated():
+            return await redis_config.check(self._redis)
 
     async def ingest(self, events: Iterable[Event], trigger_ops: Sequence[TriggerOp] = ()) -> Ingested:
         """Apply events, each exactly once per dedupe id within the dedupe window, and the trigger
