@@ -48,7 +48,7 @@ from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 from app import metrics
 from app.settings import Settings
 from feature_store import StoreUnavailable
-from feature_store.outbox import Counts, Message, Outbox, Replayed
+from feature_store.outbox import Counts, DeadLetterOp, Handled, Message, Outbox
 from policies.catalogue import Destination
 
 log = structlog.get_logger("nba.delivery")
@@ -388,8 +388,10 @@ async def dead_letters(outbox: Outbox, limit: int, cursor: str | None) -> DeadLe
     return DeadLetterPage(letters, following, await outbox.counts())
 
 
-async def replay(outbox: Outbox, ids: Sequence[str] | None, now_ms: int) -> Replayed:
-    """Replay these dead letters, or (``ids`` is ``None``) all of them."""
+async def dead_letters_do(
+    outbox: Outbox, op: DeadLetterOp, ids: Sequence[str] | None, now_ms: int
+) -> Handled:
+    """Replay or discard these dead letters, or (``ids`` is ``None``) all of them."""
     if ids is None:
-        return Replayed(await outbox.replay_all(now_ms), ())
-    return await outbox.replay(ids, now_ms)
+        return Handled(await (outbox.replay_all if op == "replay" else outbox.discard_all)(now_ms), ())
+    return await (outbox.replay if op == "replay" else outbox.discard)(ids, now_ms)

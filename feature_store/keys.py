@@ -229,6 +229,7 @@ def anonymous(anonymous_id: str) -> ProfileKeys:
 # checked by outbox.py (letters, digits and ``._:-`` only), so they cannot break the tag.
 OUTBOX_MESSAGE_PREFIX: Final = f"{PREFIX}:{{o}}:m:"
 OUTBOX_DUE_PREFIX: Final = f"{PREFIX}:{{o}}:due:"
+OUTBOX_CUSTOMER_PREFIX: Final = f"{PREFIX}:{{o}}:c:"
 OUTBOX_LEASED_PREFIX: Final = f"{PREFIX}:{{o}}:leased:"
 OUTBOX_DEAD: Final = f"{PREFIX}:{{o}}:dead"
 OUTBOX_DESTINATIONS: Final = f"{PREFIX}:{{o}}:destinations"
@@ -247,8 +248,9 @@ def outbox_leased(destination: str) -> str:
 
 
 def outbox_customer(ref: str) -> str:
-    """The ids of a customer's messages not yet delivered, for erasing them (``ref``: ``c:<id>``)."""
-    return f"{PREFIX}:{{o}}:c:{_escape(ref)}"
+    """The ids of a customer's messages not yet delivered, for erasing them (``ref``: ``c:<id>``).
+    outbox.lua builds it too, from the prefix (``discard``)."""
+    return f"{OUTBOX_CUSTOMER_PREFIX}{_escape(ref)}"
 
 
 # Timed triggers share the hash tag {t}, so that one script claims from one into the other.

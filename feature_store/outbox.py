@@ -43,8 +43,8 @@ _ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # The dead zset's members: "<13-digit ms>|<id>" (keys.py). A listing's cursor is the last one listed.
 CURSOR_PATTERN: Final = r"^[0-9]{13}\|[A-Za-z0-9._:\-]{1,128}$"
 
-State = Literal["due", "leased", "delivered", "dead"]
-_STATES: Final[dict[str, State]] = {s: s for s in ("due", "leased", "delivered", "dead")}
+State = Literal["due", "leased", "delivered", "dead", "discarded"]
+_STATES: Final[dict[str, State]] = {s: s for s in ("due", "leased", "delivered", "dead", "discarded")}
 
 
 def message_id(decision_id: str, action_id: str) -> str:
@@ -186,9 +186,14 @@ class Counts:
 
 
 @dataclass(frozen=True, slots=True)
-class Replayed:
-    replayed: int
+class Handled:
+    """What became of dead letters replayed or discarded."""
+
+    done: int
     unknown: tuple[str, ...]  # ids given that are not dead letters
+
+
+DeadLetterOp = Literal["replay", "discard"]
 
 
 class Outbox:
@@ -309,23 +314,39 @@ class Outbox:
             found: list[dict[str, str]] = await pipe.execute()
         return [Message.stored(fields) for fields in found if fields]
 
-    async def replay(self, ids: Iterable[str], now_ms: int) -> Replayed:
+    async def replay(self, ids: Iterable[str], now_ms: int) -> Handled:
         """Put these dead letters back in their destination's queue, due at ``now_ms``, attempts reset,
         same id. An id that is not a dead letter is reported in ``unknown`` and changes nothing."""
-        given = list(dict.fromkeys(ids))
-        wanted = [message_id for message_id in given if _ID.match(message_id)]  # others cannot be
-        replayed, found = 0, set()
-        for start in range(0, len(wanted), REPLAY_BATCH):
-            batch = wanted[start : start + REPLAY_BATCH]
-            done, missing = await self._replay(batch, now_ms)
-            replayed += done
-            found.update(set(batch) - set(missing))
-        return Replayed(replayed, tuple(message_id for message_id in given if message_id not in found))
+        return await self._each("replay", ids, now_ms)
+
+    async def discard(self, ids: Iterable[str], now_ms: int) -> Handled:
+        """Give these dead letters up for good: each keeps its id and state ``discarded`` (no body) as
+        long as a delivered message, so that enqueuing it again changes nothing; then it is gone. An id
+        that is not a dead letter is reported in ``unknown`` and changes nothing."""
+        return await self._each("discard", ids, now_ms)
 
     async def replay_all(self, now_ms: int) -> int:
         """Replay every dead letter that died by ``now_ms``; those dying meanwhile wait for the next call.
         Works in batches, so a long list does not hold Redis up."""
-        replayed, after = 0, "-"
+        return await self._all("replay", now_ms)
+
+    async def discard_all(self, now_ms: int) -> int:
+        """Discard every dead letter that died by ``now_ms``, in batches (see ``replay_all``)."""
+        return await self._all("discard", now_ms)
+
+    async def _each(self, op: DeadLetterOp, ids: Iterable[str], now_ms: int) -> Handled:
+        given = list(dict.fromkeys(ids))
+        wanted = [message_id for message_id in given if _ID.match(message_id)]  # others cannot be
+        done, found = 0, set()
+        for start in range(0, len(wanted), REPLAY_BATCH):
+            batch = wanted[start : start + REPLAY_BATCH]
+            count, missing = await self._dead(op, batch, now_ms)
+            done += count
+            found.update(set(batch) - set(missing))
+        return Handled(done, tuple(message_id for message_id in given if message_id not in found))
+
+    async def _all(self, op: DeadLetterOp, now_ms: int) -> int:
+        done, after = 0, "-"
         until = f"[{now_ms:013d}|~"  # '~' sorts after every character an id may hold
         while True:
             async with _translated():
@@ -333,13 +354,14 @@ class Outbox:
                     keys.OUTBOX_DEAD, after, until, start=0, num=REPLAY_BATCH
                 )
             if not members:
-                return replayed
-            done, _ = await self._replay([member.partition("|")[2] for member in members], now_ms)
-            replayed += done
+                return done
+            count, _ = await self._dead(op, [member.partition("|")[2] for member in members], now_ms)
+            done += count
             after = f"({members[-1]}"  # past this batch, whatever became of it
 
-    async def _replay(self, ids: list[str], now_ms: int) -> tuple[int, list[str]]:
-        args: list[str | int] = ["replay", now_ms, keys.OUTBOX_MESSAGE_PREFIX, keys.OUTBOX_DUE_PREFIX, *ids]
+    async def _dead(self, op: DeadLetterOp, ids: list[str], now_ms: int) -> tuple[int, list[str]]:
+        prefixes = [keys.OUTBOX_MESSAGE_PREFIX, keys.OUTBOX_DUE_PREFIX, keys.OUTBOX_CUSTOMER_PREFIX]
+        args: list[str | int] = [op, now_ms, *prefixes, self._keep_ms, *ids]
         async with _translated():
             done, missing = await self._script(keys=[keys.OUTBOX_DEAD], args=args)
         return int(done), [str(i) for i in missing]

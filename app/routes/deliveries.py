@@ -1,4 +1,4 @@
-"""Operators' view of webhook deliveries: the dead letters, and replaying them (docs/deliveries.md)."""
+"""Operators' view of webhook deliveries: the dead letters, replayed or discarded (docs/deliveries.md)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,24 @@ class ReplayIn(BaseModel):
         return self
 
 
+class DiscardIn(ReplayIn):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"examples": [{"ids": ["msg_3f1c0a9e5b7d4c2a8e6f1b0d9c7a5e3f"]}, {"all": True}]},
+    )
+
+    ids: list[Id] | None = Field(
+        None, min_length=1, max_length=MAX_PAGE, description="Dead letters to discard."
+    )
+    all: Literal[True] | None = Field(None, description="Discard every dead letter.")
+
+
+class DiscardOut(BaseModel):
+    discarded: int = Field(description="Dead letters given up for good: never delivered, no longer listed.")
+    unknown: list[str] = Field(description="Ids given that are not dead letters (nothing was done for them).")
+
+
 class ReplayOut(BaseModel):
     replayed: int = Field(description="Dead letters put back in their queue, due now, attempts reset.")
     unknown: list[str] = Field(description="Ids given that are not dead letters (nothing was done for them).")
@@ -118,5 +136,15 @@ async def get_dead_letters(
 @router.post("", responses=_ERRORS, summary="Replay dead letters")
 async def post_dead_letters(body: ReplayIn, services: ServicesDep) -> ReplayOut:
     """Put dead letters back in their destination's queue, due now, with the same id (``webhook-id``)."""
-    result = await delivery.replay(services.store.outbox(), body.ids, int(services.clock() * 1000))
-    return ReplayOut(replayed=result.replayed, unknown=list(result.unknown))
+    outbox, now_ms = services.store.outbox(), int(services.clock() * 1000)
+    result = await delivery.dead_letters_do(outbox, "replay", body.ids, now_ms)
+    return ReplayOut(replayed=result.done, unknown=list(result.unknown))
+
+
+@router.post("/discard", responses=_ERRORS, summary="Discard dead letters")
+async def post_discard(body: DiscardIn, services: ServicesDep) -> DiscardOut:
+    """Give dead letters up for good: they are not delivered and no longer listed. Each id is kept, without
+    the message, as long as a delivered one (7 days), so a decision that enqueues it again sends nothing."""
+    outbox, now_ms = services.store.outbox(), int(services.clock() * 1000)
+    result = await delivery.dead_letters_do(outbox, "discard", body.ids, now_ms)
+    return DiscardOut(discarded=result.done, unknown=list(result.unknown))

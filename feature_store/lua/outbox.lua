@@ -4,6 +4,7 @@
 -- A message moves: due --claim--> leased --settle--> delivered (kept a while, then gone)
 --                                         |--------> due again (a retry)
 --                                         '--------> dead --replay--> due
+--                                                         '-discard--> discarded (kept a while, then gone)
 -- and an expired lease is claimed again like a due message, so a worker that died mid-delivery
 -- leads to a retry, never to silence. Settling checks the lease token: a worker whose lease expired
 -- and was claimed by another cannot settle the message behind the new holder's back.
@@ -101,26 +102,38 @@ if op == "settle" then
 end
 
 -- KEYS: the dead zset.
--- ARGV: op, now ms, message key prefix, due key prefix, then ids.
--- Puts each dead letter back in its destination's due set, due now, with its attempts reset and its
--- id unchanged. Returns {replayed, {ids that are not dead letters}}.
-if op == "replay" then
-  local replayed, unknown = 0, {}
-  for i = 5, #ARGV do
+-- ARGV: op ("replay" or "discard"), now ms, message key prefix, due key prefix, customer index prefix,
+--       how long to keep a discarded one (ms), then ids.
+-- replay: puts each dead letter back in its destination's due set, due now, with its attempts reset and
+-- its id unchanged. discard: gives each up for good; like a delivered message it keeps no body and is
+-- kept a while, so that enqueuing the same id again is still a no-op. Returns {done, {ids that are not
+-- dead letters}}.
+if op == "replay" or op == "discard" then
+  local done, unknown = 0, {}
+  for i = 7, #ARGV do
     local id = ARGV[i]
     local key = ARGV[3] .. id
-    local found = redis.call("HMGET", key, "state", "dead_ms", "destination")
+    local found = redis.call("HMGET", key, "state", "dead_ms", "destination", "customer")
     if found[1] == "dead" then
       redis.call("ZREM", KEYS[1], dead_member(found[2], id))
-      redis.call("HSET", key, "state", "due", "attempts", 0)
       redis.call("HDEL", key, "dead_ms")
-      redis.call("ZADD", ARGV[4] .. found[3], ARGV[2], id)
-      replayed = replayed + 1
+      if op == "replay" then
+        redis.call("HSET", key, "state", "due", "attempts", 0)
+        redis.call("ZADD", ARGV[4] .. found[3], ARGV[2], id)
+      else
+        redis.call("HSET", key, "state", "discarded", "discarded_ms", ARGV[2])
+        redis.call("HDEL", key, "body")
+        redis.call("PEXPIRE", key, ARGV[6])
+        -- The customer's index key, escaped as keys.py's _escape does (tests/unit/test_keys.py).
+        local ref = found[4]:gsub("%%", "%%25"):gsub("{", "%%7B"):gsub("}", "%%7D")
+        redis.call("SREM", ARGV[5] .. ref, id)
+      end
+      done = done + 1
     else
       unknown[#unknown + 1] = id
     end
   end
-  return {replayed, unknown}
+  return {done, unknown}
 end
 
 -- KEYS: the customer's index, the dead zset.

@@ -34,6 +34,7 @@ from tests.integration.test_learner import until
 
 CATALOGUE = Path(__file__).parents[1] / "fixtures" / "catalogue"
 PATH = "/v1/admin/dead-letters"
+DISCARD = f"{PATH}/discard"
 
 
 def catalogue_to(tmp_path: Path, url: str) -> Path:
@@ -79,9 +80,35 @@ async def test_only_an_admin_key_lists_or_replays_dead_letters(make_client: AppF
         assert (await api.get(PATH, headers=bearer("k-admin"))).status_code == 200
         r = await api.post(PATH, json={"all": True}, headers=bearer("k-admin"))
         assert (r.status_code, r.json()) == (200, {"replayed": 0, "unknown": []})
+        error_body(await api.post(DISCARD, json={"all": True}, headers=bearer(key)), 403, "forbidden")
+        r = await api.post(DISCARD, json={"all": True}, headers=bearer("k-admin"))
+        assert (r.status_code, r.json()) == (200, {"discarded": 0, "unknown": []})
 
 
-# Listing and replaying ---------------------------------------------------------------------------------
+# Listing, replaying and discarding ---------------------------------------------------------------------
+
+
+async def test_discarded_dead_letters_are_no_longer_listed_nor_counted_nor_sent(
+    make_client: AppFactory, store: ProfileStore, clock: Clock
+) -> None:
+    first, second, third = await dead(store, clock, "d-1", "d-2", "d-3")
+    async with make_client() as api:
+        r = await api.post(DISCARD, json={"ids": [first.id, "msg_not_a_dead_letter"]})
+        assert (r.status_code, r.json()) == (200, {"discarded": 1, "unknown": ["msg_not_a_dead_letter"]})
+        page = await listing(api)
+        assert [letter["id"] for letter in page["dead_letters"]] == [second.id, third.id]
+        assert page["counts"] == {"due": 0, "in_flight": 0, "dead": 2}
+        r = await api.post(PATH, json={"ids": [first.id]})  # a discarded letter cannot be replayed
+        assert r.json() == {"replayed": 0, "unknown": [first.id]}
+        clock.advance(3_601)  # past their deaths, which dead() dates an hour ahead: "all" is all by now
+        r = await api.post(DISCARD, json={"all": True})
+        assert r.json() == {"discarded": 2, "unknown": []}
+        page = await listing(api)
+        assert (page["dead_letters"], page["counts"]) == ([], {"due": 0, "in_flight": 0, "dead": 0})
+    for m in (first, second, third):
+        kept = await store.outbox().message(m.id)
+        assert kept is not None
+        assert (kept.state, kept.body) == ("discarded", "")
 
 
 async def test_dead_letters_are_listed_a_page_at_a_time_with_the_outboxs_counts(
@@ -186,9 +213,16 @@ async def test_a_bad_listing_parameter_is_a_422_naming_it(
         ({"ids": ["msg_1"], "all": True}, "body", 'give either "ids"'),
     ],
 )
-async def test_a_bad_replay_is_a_422_naming_the_field_and_replays_nothing(
-    client: httpx.AsyncClient, store: ProfileStore, clock: Clock, body: dict[str, Any], field: str, hint: str
+@pytest.mark.parametrize("path", [PATH, DISCARD], ids=["replay", "discard"])
+async def test_a_bad_replay_or_discard_is_a_422_naming_the_field_and_changes_nothing(
+    client: httpx.AsyncClient,
+    store: ProfileStore,
+    clock: Clock,
+    path: str,
+    body: dict[str, Any],
+    field: str,
+    hint: str,
 ) -> None:
     [m] = await dead(store, clock, "d-1")
-    invalid(await client.post(PATH, json=body), field, hint)
+    invalid(await client.post(path, json=body), field, hint)
     assert [letter["id"] for letter in (await listing(client))["dead_letters"]] == [m.id]

@@ -32,7 +32,7 @@ from app import delivery as delivery_module
 from app.delivery import DeliveryConfig, DeliveryWorker, retry_after_s
 from feature_store import ProfileStore
 from feature_store import keys as store_keys
-from feature_store.outbox import Counts, Message, Outbox, Replayed, delivery, message_id
+from feature_store.outbox import KEEP_DELIVERED_MS, Counts, Handled, Message, Outbox, delivery, message_id
 from policies.catalogue import Destination
 from tests.conftest import Clock
 from tests.integration.test_learner import until
@@ -279,6 +279,36 @@ async def test_dead_letters_page_by_cursor_in_the_order_they_died_and_replay_all
     assert await outbox.counts() == Counts(due=5, in_flight=0, dead=0)
     assert {(await stored(outbox, message(clock, f"d-{i}"))).attempts for i in range(5)} == {0}
     assert await outbox.dead_letters(10) == ([], None)
+
+
+async def test_a_discarded_dead_letter_is_never_sent_and_leaves_nothing_of_the_customer_but_its_id(
+    store: ProfileStore, clock: Clock, raw_redis: redis.Redis
+) -> None:
+    outbox, now = store.outbox(), now_ms(clock)
+    # A customer id with the characters its index key escapes: the script must find the same key.
+    customer = "c:50%{off}"
+    ms = [message(clock, f"d-{i}", customer=customer) for i in range(3)]
+    for m in ms:
+        await outbox.enqueue(m, now)
+        [claimed] = await outbox.claim("crm", now, 1000, 1, "t")
+        assert await outbox.dead(claimed, now, "answered 410: gone", 410)
+    index = store_keys.outbox_customer(customer)
+    assert raw_redis.smembers(index) == {m.id for m in ms}
+
+    assert await outbox.discard([ms[0].id, "msg_unknown"], now + 1) == Handled(1, ("msg_unknown",))
+    assert await outbox.discard([ms[0].id], now + 2) == Handled(0, (ms[0].id,))  # not a dead letter now
+    gone = await stored(outbox, ms[0])
+    assert (gone.state, gone.body) == ("discarded", "")
+    assert 0 < raw_redis.pttl(store_keys.outbox_message(ms[0].id)) <= KEEP_DELIVERED_MS
+    assert raw_redis.smembers(index) == {ms[1].id, ms[2].id}
+    assert not await outbox.enqueue(ms[0], now + 3)  # the same message again: still a no-op
+    assert await outbox.counts() == Counts(due=0, in_flight=0, dead=2)
+
+    assert await outbox.discard_all(now + 4) == 2
+    assert await outbox.counts() == Counts(due=0, in_flight=0, dead=0)
+    assert await outbox.dead_letters(10) == ([], None)
+    assert raw_redis.smembers(index) == set()
+    assert await outbox.claim("crm", now + 10_000_000, 1000, 10, "t2") == []  # nothing is ever sent
 
 
 def test_the_body_carries_the_decision_the_action_and_the_features_it_needs(clock: Clock) -> None:
@@ -536,7 +566,7 @@ async def test_a_missing_secret_is_a_dead_letter_naming_the_variable_and_replays
         assert (letter.attempts, letter.last_status) == (1, None)
 
         replayed = await outbox.replay([m.id, "msg_unknown"], now_ms(clock))
-        assert replayed == Replayed(1, ("msg_unknown",))
+        assert replayed == Handled(1, ("msg_unknown",))
         async with worker(store, clock, destinations) as restarted:  # with the variable set
             assert await restarted.round() == 1
     assert receiver.ids() == [m.id]
