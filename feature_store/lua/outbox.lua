@@ -124,7 +124,8 @@ if op == "replay" or op == "discard" then
         redis.call("HSET", key, "state", "discarded", "discarded_ms", ARGV[2])
         redis.call("HDEL", key, "body")
         redis.call("PEXPIRE", key, ARGV[6])
-        -- The customer's index key, escaped as keys.py's _escape does (tests/unit/test_keys.py).
+        -- The customer's index key, escaped as keys.py's _escape does (held equal by a test in
+        -- tests/integration/test_delivery.py, with a customer id that needs it).
         local ref = found[4]:gsub("%%", "%%25"):gsub("{", "%%7B"):gsub("}", "%%7D")
         redis.call("SREM", ARGV[5] .. ref, id)
       end
