@@ -91,11 +91,7 @@ class ReplayIn(BaseModel):
 
 
 class DiscardIn(ReplayIn):
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        json_schema_extra={"examples": [{"ids": ["msg_3f1c0a9e5b7d4c2a8e6f1b0d9c7a5e3f"]}, {"all": True}]},
-    )
+    """A replay's body (its configuration and check inherited), its fields described for a discard."""
 
     ids: list[Id] | None = Field(
         None, min_length=1, max_length=MAX_PAGE, description="Dead letters to discard."
