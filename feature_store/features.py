@@ -27,7 +27,6 @@ is simply false for someone who never bought.
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -35,16 +34,14 @@ from feature_store.events import WELL_KNOWN_TYPES
 from feature_store.profile import (
     DAY_MS,
     WINDOWS,
-    Cart,
     RawProfile,
     StageRules,
     as_int,
     attribute,
-    cart_lines,
     granted,
     recent_events,
     stage,
-    window_counts,
+    window_sums,
 )
 
 NEVER: Final = 100_000.0
@@ -76,10 +73,11 @@ def _days(now_ms: int, then_ms: int | None) -> float:
 
 
 @functools.lru_cache(maxsize=64)
-def _names(event_type: str) -> tuple[str, str, tuple[str, ...]]:
-    """``T_total``, ``days_since_T`` and ``T_<window>`` of an event type: built once, read per decision."""
+def _names(event_type: str) -> tuple[str, str, tuple[str, ...], str]:
+    """``T_total``, ``days_since_T`` and ``T_<window>`` of an event type, and the profile's field of its
+    last time: built once, read per decision."""
     t = type_name(event_type)
-    return f"{t}_total", f"days_since_{t}", tuple(f"{t}_{w.name}" for w in WINDOWS)
+    return f"{t}_total", f"days_since_{t}", tuple(f"{t}_{w.name}" for w in WINDOWS), f"t:{event_type}"
 
 
 @functools.lru_cache(maxsize=64)
@@ -87,7 +85,7 @@ def _defaults(event_types: tuple[str, ...]) -> dict[str, Any]:
     """The per-type features of a profile that has seen none of these types (never copied out)."""
     out: dict[str, Any] = {}
     for event_type in (*WELL_KNOWN_TYPES, *event_types):
-        total, days_since, windowed = _names(event_type)
+        total, days_since, windowed, _ = _names(event_type)
         out[total] = 0
         out[days_since] = NEVER
         out.update(dict.fromkeys(windowed, 0))
@@ -138,7 +136,7 @@ def features(
         )  # fmt: skip
         return out
     p = raw.profile
-    windows = window_counts(raw.windows, now_ms)
+    windows = window_sums(raw.windows, now_ms)
     last_seen: int | None = None
     consent: dict[str, bool] = {}
     attributes: dict[str, Any] = {}
@@ -146,46 +144,62 @@ def features(
     for name, value in p.items():
         prefix, _, rest = name.partition(":")
         if prefix == "n":
-            total, days_since, windowed = _names(rest)
+            total, days_since, windowed, last_field = _names(rest)
             seen += (total, days_since, *windowed)
             out[total] = int(value)
-            last = as_int(p.get(f"t:{rest}"))
-            out[days_since] = _days(now_ms, last)
-            if last is not None and (last_seen is None or last > last_seen):
-                last_seen = last
-            counts = windows.get(rest)
-            out.update(zip(windowed, _NONE if counts is None else counts.values(), strict=True))
+            last = p.get(last_field)
+            if last is None:
+                out[days_since] = NEVER
+            else:
+                last_ms = int(float(last))
+                out[days_since] = (now_ms - last_ms) / DAY_MS
+                if last_seen is None or last_ms > last_seen:
+                    last_seen = last_ms
+            counts = windows.get(rest, _NONE)
+            for i, window_name in enumerate(windowed):
+                out[window_name] = counts[i]
         elif prefix == "c":
             consent[rest] = granted(value)
         elif prefix == "a":
             attributes[rest] = attribute(value)
-    views: Counter[str] = Counter()
+    views: dict[str, int] = {}
     articles = set()
     for event in recent_events(raw):
-        kind, props = event["y"], event.get("p", {})
-        if kind == "product_view" and "item_id" in props:
-            views[str(props["item_id"])] += 1
-        elif kind == "faq_view" and ("article_id" in props or "page" in props):
-            articles.add(str(props.get("article_id", props.get("page"))))
-    cart = Cart(tuple(cart_lines(raw)), as_int(p.get("cart_changed")))
+        kind = event["y"]
+        if kind == "product_view":
+            props = event.get("p")
+            if props and "item_id" in props:
+                item = str(props["item_id"])
+                views[item] = views.get(item, 0) + 1
+        elif kind == "faq_view":
+            props = event.get("p")
+            if props and ("article_id" in props or "page" in props):
+                articles.add(str(props.get("article_id", props.get("page"))))
+    # The cart's lines, oldest change first (as profile.cart_lines orders them: the sum's order is the
+    # same), as tuples: a decision needs their totals, not CartLine objects.
+    lines = []
+    for item_id, line in raw.cart.items():
+        quantity, price, changed = line.split("|")
+        lines.append((int(changed), item_id, int(quantity), float(price) if price else 0.0))
+    lines.sort()
     out.update(
-        stage=stage(p, len(cart.lines), now_ms, rules),
+        stage=stage(p, len(lines), now_ms, rules),
         is_known=known,
         orders=int(p.get("orders", 0)),
         revenue=round(float(p.get("revenue", 0)), 2),
         purchased_24h=out["purchase_24h"] > 0,
         purchased_7d=out["purchase_7d"] > 0,
         purchased_30d=out["purchase_30d"] > 0,
-        cart_items=len(cart.lines),
-        cart_quantity=cart.quantity,
-        cart_value=cart.value,
-        days_since_cart_change=_days(now_ms, cart.changed_at_ms),
+        cart_items=len(lines),
+        cart_quantity=sum([line[2] for line in lines]),
+        cart_value=round(sum([line[2] * line[3] for line in lines], 0.0), 2),
+        days_since_cart_change=_days(now_ms, as_int(p.get("cart_changed"))),
         days_since_first_seen=_days(now_ms, as_int(p.get("first"))),
         days_since_last_seen=_days(now_ms, last_seen),
         articles_read=frozenset(articles),
         viewed_items=frozenset(views),
         top_item_views=max(views.values(), default=0),
-        cart_item_ids=frozenset(line.item_id for line in cart.lines),
+        cart_item_ids=frozenset(line[1] for line in lines),
         consent=dict(sorted(consent.items())),
         attributes=dict(sorted(attributes.items())),
     )

@@ -210,10 +210,10 @@ def bucket_field(time_ms: int, event_type: str, now_ms: int) -> str | None:
 _WINDOW_NAMES: Final = tuple(w.name for w in WINDOWS)
 
 
-def window_counts(windows: Mapping[str, str], now_ms: int) -> dict[str, dict[str, int]]:
-    """Sum bucketed counters into ``{type: {window name: count}}`` as of ``now_ms``."""
-    # Every decision reads a profile's buckets: summed in lists, named once per type, and each bucket's
-    # name parsed once per process (the buckets of a moment are the same for everyone).
+def window_sums(windows: Mapping[str, str], now_ms: int) -> dict[str, list[int]]:
+    """Sum bucketed counters into ``{type: [count per window, in WINDOWS' order]}`` as of ``now_ms``."""
+    # Every decision reads a profile's buckets: summed in lists, and each bucket's name parsed once per
+    # process (the buckets of a moment are the same for everyone).
     oldest = [now_ms // w.bucket_ms - w.buckets for w in WINDOWS]
     parsed = _BUCKETS
     if len(parsed) > _BUCKETS_KEPT:
@@ -234,8 +234,14 @@ def window_counts(windows: Mapping[str, str], now_ms: int) -> dict[str, dict[str
                 for counted in range(index, len(containing)):
                     per_type[counted] += count
                 break
+    return sums
+
+
+def window_counts(windows: Mapping[str, str], now_ms: int) -> dict[str, dict[str, int]]:
+    """Sum bucketed counters into ``{type: {window name: count}}`` as of ``now_ms``."""
     return {
-        event_type: dict(zip(_WINDOW_NAMES, per_type, strict=True)) for event_type, per_type in sums.items()
+        event_type: dict(zip(_WINDOW_NAMES, per_type, strict=True))
+        for event_type, per_type in window_sums(windows, now_ms).items()
     }
 
 
