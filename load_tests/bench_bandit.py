@@ -348,8 +348,9 @@ def _learner_lag(store: redis.Redis) -> int:
         return -1
     if not groups:
         return -1
-    position = store.hget(keys.LEARNER_READ, keys.DECISION_LOG) or "0"
-    return len(store.xrange(keys.DECISION_LOG, f"({position}", "+"))
+    position: Any = store.hget(keys.LEARNER_READ, keys.DECISION_LOG) or "0"
+    unread: Any = store.xrange(keys.DECISION_LOG, f"({position}", "+")
+    return len(unread)
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -364,7 +365,7 @@ def run_vw(data: Data, order: Sequence[int], args: str, seed: int, delay: int = 
     """VW over the stream: predict a distribution, draw from it, learn the cost of what was drawn (after
     ``delay`` more examples: 0 learns before the next one)."""
     try:
-        import vowpalwabbit  # type: ignore[import-untyped]  # no stubs, no py.typed
+        import vowpalwabbit
     except ImportError:
         raise SystemExit("Vowpal Wabbit is not installed: pip install -e '.[bench]'") from None
     vw = vowpalwabbit.Workspace(f"{args} --quiet --random_seed {seed}", enable_logging=False)

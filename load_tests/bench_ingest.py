@@ -46,7 +46,7 @@ def _timed_ms(request: httpx.Request, client: httpx.Client, status: int) -> floa
 def _script_stats(client: redis.Redis) -> dict[str, tuple[int, int]]:
     """Calls and microseconds of CPU so far of each script command (commands a script runs are counted
     twice by INFO commandstats, in the script and on their own, so only the scripts are read)."""
-    stats: dict[str, dict[str, int]] = client.info("commandstats")  # type: ignore[assignment]
+    stats: dict[str, dict[str, int]] = client.info("commandstats")
     return {
         name: (
             stats.get(f"cmdstat_{name}", {}).get("calls", 0),
