@@ -16,7 +16,10 @@ For one placement, every action of the catalogue passes, in order:
    ``limit`` -> ``chosen`` or ``not_chosen``.
 
 A control customer's decision is also drawn as if they were in treatment: that counterfactual is
-logged (never returned), so that uplift is measured against what control would have got.
+logged (never returned), so that uplift is measured against what control would have got. Likewise, for
+a treatment customer whom an action's own holdout withholds it from, the draw is made again as if that
+action alone were not withheld: the holdout counterfactual, so that the action's lift is measured
+against the treatment customers it was withheld from (docs/uplift.md).
 """
 
 from __future__ import annotations
@@ -107,6 +110,9 @@ class Decision:
     group: str
     chosen: tuple[Choice, ...]
     counterfactual: tuple[Choice, ...]  # control only: what treatment would have served
+    # Treatment only: each action withheld by its own holdout that would have been drawn, had it alone not
+    # been withheld (one draw per withheld action, so that any other holdouts stay as they are).
+    holdout_counterfactual: tuple[Choice, ...]
     eligible: Mapping[str, float]  # action -> probability at the first draw, over the served draw
     offered: tuple[Verdict, ...]  # the verdicts of the placement's actions, in the catalogue's order
     assigned_group: str | None  # a group assigned at this sight, to persist
@@ -244,6 +250,28 @@ def _choices(
     return chosen, {c.action.id: p for c, p in zip(candidates, first, strict=True)}
 
 
+def _holdout_counterfactual(
+    served: Sequence[_Candidate],
+    withheld: Sequence[tuple[int, CompiledAction]],
+    propensity_of: Callable[[CompiledAction], float],
+    context: Mapping[str, Any],
+    exploration: Exploration,
+    k: int,
+    rng: Draws,
+) -> tuple[Choice, ...]:
+    """For each action withheld at its place among ``served`` (the catalogue's order): the action, if the
+    draw over ``served`` with it put back would have chosen it. Each draw from its own generator, so that
+    the served draw is the same with or without them."""
+    out: list[Choice] = []
+    for at, action in withheld:
+        propensity = propensity_of(action)
+        candidate = _Candidate(action, propensity, priority(action, propensity, context))
+        candidates = [*served[:at], candidate, *served[at:]]
+        drawn, _ = _choices(candidates, exploration, k, SeededDraws(rng.random()))
+        out.extend(c for c in drawn if c.action_id == action.id)
+    return tuple(out)
+
+
 def decide(
     catalogue: Catalogue,
     placement: str,
@@ -263,6 +291,9 @@ def decide(
     verdicts: dict[str, Verdict] = {}
     treatment: list[_Candidate] = []  # what a treatment customer would be offered
     served: list[_Candidate] = []  # what this customer may be offered
+    # Treatment: the actions withheld by their own holdouts, and where. A tuple: most decisions withhold
+    # nothing, and the empty one costs nothing.
+    withheld_at: tuple[tuple[int, CompiledAction], ...] = ()
     applicable = catalogue.by_placement.get(placement, ())
     rules = RuleScope(situation.features, situation.context)
     propensity_of = scorer.for_situation(situation.features, situation.context, placement, situation.now_ms)
@@ -291,6 +322,8 @@ def decide(
                 assigned_holdouts[a.id] = withheld
         if withheld:
             verdicts[a.id] = Verdict(a.id, "holdout", f"in this action's {a.holdout:.0%} holdout")
+            if group == holdout.TREATMENT:  # measured within treatment only (docs/uplift.md)
+                withheld_at += ((len(served), action),)
             continue
         propensity = propensity_of(action)
         candidate = _Candidate(action, propensity, priority(action, propensity, situation.context))
@@ -312,6 +345,10 @@ def decide(
     if group == holdout.CONTROL:
         # Drawn from its own generator, so that the served draw is the same with or without it.
         counterfactual, _ = _choices(treatment, exploration, k, SeededDraws(rng.random()))
+    held_out: tuple[Choice, ...] = ()
+    if withheld_at:
+        context = situation.context
+        held_out = _holdout_counterfactual(served, withheld_at, propensity_of, context, exploration, k, rng)
     chosen_ids = {c.action_id: c for c in chosen}
     for candidate in served:
         action_id = candidate.action.id
@@ -329,6 +366,7 @@ def decide(
         group=group,
         chosen=chosen,
         counterfactual=counterfactual,
+        holdout_counterfactual=held_out,
         eligible=eligible,
         offered=tuple(verdicts[a.spec.id] for a in applicable),
         assigned_group=assigned_group,

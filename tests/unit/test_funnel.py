@@ -195,6 +195,103 @@ def test_per_action_holdout_is_assigned_once_and_then_kept(tmp_path: Path) -> No
     assert [ch.action_id for ch in kept.chosen] == ["a"]
 
 
+HELD = """
+version: t
+holdout: {share: 0.0, seed: s}
+exploration: {epsilon: 0.0}
+placements:
+  web.home: {channel: web, limit: 1}
+actions:
+  - {id: a, channel: web, placements: [web.home], prior: 0.2, value: 4, holdout: 0.5}
+  - {id: b, channel: web, placements: [web.home], prior: 0.2, value: 1}
+  - {id: c, channel: web, placements: [web.home], prior: 0.2, value: 2, holdout: 0.5}
+"""
+
+
+class CountingDraws:
+    """``random.Random``, counting the draws asked of it."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator, self.count = random.Random(seed), 0
+
+    def random(self) -> float:
+        self.count += 1
+        return self.generator.random()
+
+
+def test_a_held_out_customer_logs_the_withheld_action_they_would_have_been_served(tmp_path: Path) -> None:
+    """a is the best (4 x 0.2), then c (2 x 0.2), then b: with epsilon 0 the best is always drawn."""
+    c = catalogue(tmp_path, HELD)
+    d = decide(c, "web.home", situation(held_out={"a": True, "c": False}), LinearScorer(), random.Random(1))
+    assert [ch.action_id for ch in d.chosen] == ["c"]
+    assert [(ch.action_id, ch.probability) for ch in d.holdout_counterfactual] == [("a", 1.0)]
+    assert d.holdout_counterfactual[0].priority == pytest.approx(0.8)
+    assert d.counterfactual == ()
+    # c is withheld, but a would have been drawn anyway: nothing to log.
+    d = decide(c, "web.home", situation(held_out={"a": False, "c": True}), LinearScorer(), random.Random(1))
+    assert [ch.action_id for ch in d.chosen] == ["a"]
+    assert d.holdout_counterfactual == ()
+
+
+def test_each_withheld_action_is_put_back_alone(tmp_path: Path) -> None:
+    """Held out of a and c: put back alone, each would beat b. Put back together, only a would be drawn,
+    and c's held-out customers would not be those of treatment, where a stays in a's holdout."""
+    c = catalogue(tmp_path, HELD)
+    d = decide(c, "web.home", situation(held_out={"a": True, "c": True}), LinearScorer(), random.Random(1))
+    assert [ch.action_id for ch in d.chosen] == ["b"]
+    assert [ch.action_id for ch in d.holdout_counterfactual] == ["a", "c"]
+
+
+def test_the_served_draw_is_the_same_with_or_without_a_holdout_counterfactual(tmp_path: Path) -> None:
+    """With exploration, for many seeds: a customer held out of a is served exactly what they would be were
+    a not offered at all (its rule false), which draws no holdout counterfactual."""
+    text = HELD.replace("epsilon: 0.0", "epsilon: 0.6")
+    held = catalogue(tmp_path, text)
+    absent = catalogue(
+        tmp_path, text.replace("value: 4, holdout: 0.5}", 'value: 4, holdout: 0.5, rule: "False"}')
+    )
+    drawn: Counter[tuple[str, ...]] = Counter()
+    for seed in range(200):
+        s = situation(held_out={"a": True, "c": False})
+        with_it = decide(held, "web.home", s, LinearScorer(), random.Random(seed))
+        without = decide(absent, "web.home", s, LinearScorer(), random.Random(seed))
+        assert without.holdout_counterfactual == ()
+        assert (with_it.chosen, with_it.eligible) == (without.chosen, without.eligible)
+        assert with_it.offered[1:] == without.offered[1:]
+        drawn[tuple(ch.action_id for ch in with_it.holdout_counterfactual)] += 1
+    # a at the first draw: 0.4 (greedy) + 0.2 (its share of epsilon over 3).
+    assert set(drawn) == {("a",), ()}
+    assert abs(drawn[("a",)] - 200 * 0.6) <= 4.5 * math.sqrt(200 * 0.6 * 0.4)
+
+
+def test_a_decision_that_withholds_nothing_draws_nothing_more(tmp_path: Path) -> None:
+    c = catalogue(tmp_path, HELD)
+    for held_out, draws in [
+        ({"a": False, "c": False}, 1),
+        ({"a": True, "c": False}, 2),
+        ({"a": True, "c": True}, 3),
+    ]:
+        rng = CountingDraws(1)
+        d = decide(c, "web.home", situation(held_out=held_out), LinearScorer(), rng)
+        assert rng.count == draws  # the served draw, and one per withheld action
+        assert bool(d.holdout_counterfactual) == (draws > 1)
+
+
+def test_a_control_customer_held_out_of_an_action_gets_no_holdout_counterfactual(tmp_path: Path) -> None:
+    """The control counterfactual is what treatment would have served, in this customer's own holdouts as
+    in treatment: without a. And no holdout counterfactual: the action's holdout is measured within
+    treatment only (docs/uplift.md)."""
+    c = catalogue(tmp_path, HELD)
+    s = situation(group="control", held_out={"a": True, "c": False})
+    rng = CountingDraws(1)
+    d = decide(c, "web.home", s, LinearScorer(), rng)
+    assert d.chosen == ()
+    assert [ch.action_id for ch in d.counterfactual] == ["c"]
+    assert d.holdout_counterfactual == ()
+    assert {v.action_id: v.reason for v in d.verdicts}["a"] == "in this action's 50% holdout"
+    assert rng.count == 1  # the control counterfactual's generator only
+
+
 def test_priority_multiplies_propensity_context_weight_value_and_levers(tmp_path: Path) -> None:
     c = catalogue(tmp_path, BASE)
     d = decide(c, "web.home", situation(context={"device": "mobile"}), LinearScorer(), random.Random(1))
