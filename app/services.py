@@ -92,6 +92,13 @@ def _json(value: Any) -> str:
     return orjson.dumps(value, default=sorted, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+def _logged(choices: tuple[Choice, ...]) -> str:
+    """Served or counterfactual actions as the decision log keeps them: id, channel and probability."""
+    return _json(
+        [{"action_id": c.action_id, "channel": c.channel, "probability": c.probability} for c in choices]
+    )
+
+
 def _logged_features(values: Mapping[str, Any]) -> dict[str, Any]:
     """What the policy saw, without the zeros and never-happened defaults that most features hold.
 
@@ -367,22 +374,16 @@ class Services:
             for c in decision.chosen
             if not (fired and _delivered(catalogue, c.action_id))
         )
-        chosen = [
-            {"action_id": c.action_id, "channel": c.channel, "probability": c.probability}
-            for c in decision.chosen
-        ]
-        counterfactual = [
-            {"action_id": c.action_id, "channel": c.channel, "probability": c.probability}
-            for c in decision.counterfactual
-        ]
         summary = {
             "customer": profile_keys.ref,
             "placement": body.placement,
             "group": decision.group,
             "time_ms": str(now_ms),
-            "actions": _json(chosen),
-            "counterfactual": _json(counterfactual),
+            "actions": _logged(decision.chosen),
+            "counterfactual": _logged(decision.counterfactual),
         }
+        if decision.holdout_counterfactual:  # only then: most decisions withhold nothing
+            summary["holdout_counterfactual"] = _logged(decision.holdout_counterfactual)
         # The learner reads what the policy saw from the summary when the reward comes in.
         summary["features"] = _json(_logged_features(situation.features))
         summary["context"] = _json(body.context)

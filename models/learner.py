@@ -16,8 +16,8 @@ seconds or minutes before its misses, and favour whatever was shown last (docs/l
 Each round:
 
 1. reads new decisions from the decision log: learns each served action as a negative, and enters it
-   (and a control customer's counterfactual ones) in the pending set, due when its attribution window
-   closes;
+   (and a control customer's counterfactual ones, and a treatment customer's holdout counterfactual
+   ones) in the pending set, due when its attribution window closes;
 2. reads new outcomes: one that earns a reward under its placement's ``reward`` is learned at once, if
    it happened within its attribution window;
 3. takes the pending entries whose window has closed and joins them: with what the customer's
@@ -30,8 +30,8 @@ The guarantee: an observation is learned exactly once, across restarts. Until a 
 learned lives only in this process; a crash loses it together with the position it had read to, so
 after the restart the same entries are read again and learned again, from the last published snapshot
 (feature_store/learning.py). A published entry is out of the pending set, and behind the published
-position, in the same transaction that published the model it went into. Counterfactual entries are
-joined (for measurement) but never learned: those actions were not shown.
+position, in the same transaction that published the model it went into. Counterfactual and held-out
+entries are joined (for measurement) but never learned: those actions were not shown.
 """
 
 from __future__ import annotations
@@ -50,7 +50,16 @@ from river import linear_model, optim
 from feature_store.errors import LockLost
 from feature_store.keys import DECISION_LOG, OUTCOME_LOG
 from feature_store.learning import LearnerStore
-from models.rewards import COUNTERFACTUAL, SERVED, Earned, Pending, at_close, from_outcome
+from models.rewards import (
+    COUNTERFACTUAL,
+    HELD_OUT,
+    REWARD_KIND,
+    SERVED,
+    Earned,
+    Pending,
+    at_close,
+    from_outcome,
+)
 from models.snapshot import ActionModel, Snapshot, logit, to_model
 from models.stopping import pause
 from models.vectorize import Centre, vector
@@ -69,6 +78,8 @@ INTERCEPT_RATE = 0.01
 
 
 NEGATIVE = Earned(0.0, False, "served")
+# Where each kind of action is in a decision log entry (absent from entries that have none).
+LOGGED = ((SERVED, "actions"), (COUNTERFACTUAL, "counterfactual"), (HELD_OUT, "holdout_counterfactual"))
 
 
 @dataclass(slots=True)
@@ -219,7 +230,7 @@ class Learner:
                 x = _vector(fields)
                 self._centre.update(x)  # every decision, control ones too: the traffic as it comes
                 self._changed_model = True  # the centre is part of the snapshot
-                for kind, name in ((SERVED, "actions"), (COUNTERFACTUAL, "counterfactual")):
+                for kind, name in LOGGED:
                     for action in json.loads(fields.get(name, "[]")):
                         due[Pending(fields["decision_id"], action["action_id"], kind).member()] = close
                         if kind == SERVED:  # the fake negative; a positive reward comes on top of it
@@ -297,7 +308,7 @@ class Learner:
                 {
                     "decision_id": pending.decision_id,
                     "action_id": pending.action_id,
-                    "counterfactual": "1" if pending.kind == COUNTERFACTUAL else "0",
+                    "counterfactual": REWARD_KIND[pending.kind],
                     "customer": summary["customer"],
                     "placement": summary["placement"],
                     "group": summary["group"],

@@ -11,7 +11,9 @@ Each placement says what success is (``reward`` in the catalogue) and for how lo
 Attribution rule: a purchase counts for every decision served to that customer whose window it falls
 in (after the decision, no later than decision time + attribution), for every action that decision
 served, and for the counterfactual actions of a control customer's decision alike, so that measurement
-sees both groups the same way. Explicit outcomes count for the action they name.
+sees both groups the same way; and for a treatment customer's holdout counterfactual actions (those
+withheld by their own holdout that would have been served), so that each such action's lift is
+measured the same way. Explicit outcomes count for the action they name.
 
 A positive outcome is learned as soon as it arrives; a (decision, action) whose window closes without
 one is learned at the close, as a zero unless purchases in its window earned it something. Each is
@@ -24,16 +26,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 SERVED = "s"
-COUNTERFACTUAL = "c"
+COUNTERFACTUAL = "c"  # a control customer's: what treatment would have served
+HELD_OUT = "h"  # a treatment customer's: withheld by its own holdout, and would have been served
+# How the rewards stream's ``counterfactual`` field names each kind (the uplift report reads it).
+REWARD_KIND = {SERVED: "0", COUNTERFACTUAL: "1", HELD_OUT: "holdout"}
 
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A served (or counterfactual) action awaiting its reward."""
+    """A served (or counterfactual, or held-out) action awaiting its reward."""
 
     decision_id: str
     action_id: str
-    kind: str  # SERVED or COUNTERFACTUAL
+    kind: str  # SERVED, COUNTERFACTUAL or HELD_OUT
 
     def member(self) -> str:
         return f"{self.decision_id}|{self.action_id}|{self.kind}"

@@ -11,6 +11,7 @@ views; the web channel allows 3 contacts per 30m, so each decision here is for a
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,7 @@ ROOMY = 5000  # a decision budget (ms) that no test machine exceeds
 PAGE = "web.product_page"
 PLACEMENT_LINE = "web.product_page: {channel: web, limit: 1, fallback: [generic_banner]}"
 CHAT_RULE = '    rule: "profile.faq_view_30m >= 2 and profile.orders == 0"\n    value: 5\n'
+BANNER = "  - id: generic_banner\n    channel: web\n"
 
 
 def catalogue_copy(
@@ -59,9 +61,11 @@ def catalogue_copy(
     attribution: str = "30m",
     share: float = 0.0,
     chat_always: bool = False,
+    banner_holdout: float = 0.0,
 ) -> Path:
     """The fixture catalogue with web.product_page's reward and attribution set, another holdout share,
-    or (``chat_always``) proactive_chat as eligible and as valuable as generic_banner."""
+    (``chat_always``) proactive_chat as eligible and as valuable as generic_banner, or a holdout of
+    generic_banner's own."""
     folder = tmp_path / "catalogue"
     shutil.copytree(CATALOGUE, folder)
     file = folder / "catalogue.yaml"
@@ -72,6 +76,8 @@ def catalogue_copy(
     }
     if chat_always:
         edits[CHAT_RULE] = "    value: 1\n"
+    if banner_holdout:
+        edits[BANNER] = f"{BANNER}    holdout: {banner_holdout}\n"
     for old, new in edits.items():
         assert old in text, old
         text = text.replace(old, new)
@@ -312,6 +318,51 @@ async def test_a_purchase_in_the_window_makes_the_served_action_positive_and_con
     }
     # The control customer's counterfactual is joined, never learned: generic_banner saw two decisions.
     assert counts(raw_redis) == {"generic_banner": (2, 1)}
+    assert raw_redis.zcard(PENDING) == 0
+
+
+async def test_a_customer_held_out_of_an_action_is_measured_and_never_learned_from(
+    make_client: AppFactory, store: ProfileStore, clock: Clock, raw_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """generic_banner with a holdout of its own: a treatment customer in it is served nothing, and their
+    decision logs that they would have been served it. The learner joins their purchase to it as it does
+    to what was served, and learns nothing from it."""
+    folder = catalogue_copy(tmp_path, reward="conversion", attribution="10m", banner_holdout=0.5)
+    ids = [f"c-{i}" for i in range(100)]
+    held = [c for c in ids if holdout.held_out(SEED, 0.5, "generic_banner", f"c:{c}")][:2]
+    [shown] = [c for c in ids if not holdout.held_out(SEED, 0.5, "generic_banner", f"c:{c}")][:1]
+    async with make_client(policies=folder, decision_budget_ms=ROOMY) as api:
+        learner = await started(learner_for(store, folder, clock))
+        served_it = await decide(api, shown)
+        withheld = [await decide(api, c) for c in held]
+        assert served(served_it) == "generic_banner"
+        assert [(a["group"], a["actions"]) for a in withheld] == [("treatment", [])] * 2
+        clock.advance(5 * 60)
+        await purchase(api, shown, 30.0, "o-1")
+        await purchase(api, held[0], 30.0, "o-2")  # the other held-out customer buys nothing
+        await settle(learner)
+        assert await learner.publish_if_due(force=True) == "m-1"
+        assert raw_redis.zcard(PENDING) == 3
+        clock.advance(15 * 60)
+        await settle(learner)
+        assert await learner.publish_if_due(force=True) == "m-2"
+
+    entries: list[tuple[str, dict[str, str]]] = raw_redis.xrange(DECISION_LOG)  # type: ignore[assignment]
+    logged = {e["decision_id"]: e for _, e in entries}
+    assert "holdout_counterfactual" not in logged[served_it["decision_id"]]  # as before: nothing withheld
+    for answer in withheld:
+        [would] = json.loads(logged[answer["decision_id"]]["holdout_counterfactual"])
+        assert (would["action_id"], would["probability"]) == ("generic_banner", 1.0)
+        assert json.loads(logged[answer["decision_id"]]["counterfactual"]) == []
+    joined = {(r["decision_id"], r["counterfactual"]): r["positive"] for r in rewards(raw_redis)}
+    assert joined == {
+        (served_it["decision_id"], "0"): "1",
+        (withheld[0]["decision_id"], "holdout"): "1",
+        (withheld[1]["decision_id"], "holdout"): "0",
+    }
+    assert {r["group"] for r in rewards(raw_redis)} == {"treatment"}
+    # Learned from what was shown only: one negative, and its positive on top.
+    assert counts(raw_redis) == {"generic_banner": (1, 1)}
     assert raw_redis.zcard(PENDING) == 0
 
 
