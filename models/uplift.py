@@ -8,6 +8,12 @@ joined (decision, action) to the rewards stream. So for each action the report c
 customers who were served it with the control customers who would have been, and overall the treatment
 customers served anything measurable with the control customers who would have been.
 
+An action's own holdout is compared on its own, beside that (``holdouts``): the treatment customers
+served the action against the treatment customers its holdout withheld it from and who would have been
+served it (the decision's ``holdout_counterfactual``, joined by the learner as the control counterfactual
+is). Control customers are in neither side: what the action adds on top of the rest of the treatment is
+measured against customers who get the rest of the treatment.
+
 The unit is the customer, not the decision. In a slice (an action, a placement, or everything), a
 customer counts once, and converted if any of their decisions in the slice converted:
 
@@ -47,6 +53,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from models import rewards
 from models.evaluate import finite
 from models.evaluate import iso_s as iso
 from policies.catalogue import Catalogue
@@ -67,6 +74,12 @@ OVERDUE_MS: Final = 60_000
 PURCHASES_KEPT_MS: Final = 31 * 86_400_000  # a profile keeps its purchases 31 days (feature_store/keys.py)
 TREATMENT: Final = "treatment"
 CONTROL: Final = "control"
+HELD_OUT: Final = "held out"  # the second side of an action's own holdout comparison
+# The rewards stream's ``counterfactual`` field: served, what a control customer would have been served,
+# what a treatment customer held out of an action would have been served.
+SERVED, WOULD_HAVE, HELD_OUT_WOULD_HAVE = (
+    rewards.REWARD_KIND[k] for k in (rewards.SERVED, rewards.COUNTERFACTUAL, rewards.HELD_OUT)
+)
 
 
 # --- statistics ----------------------------------------------------------------------------------------
@@ -309,8 +322,11 @@ def compare(
     name: str,
     treatment: Sequence[tuple[bool, float]],
     control: Sequence[tuple[bool, float]],
+    *,
+    against: str = CONTROL,
 ) -> Comparison:
-    """Compare two groups of customers, each given as ``(converted, revenue)`` per customer."""
+    """Compare two groups of customers, each given as ``(converted, revenue)`` per customer; ``against``
+    names the second in warnings (the global ``control``, or an action's ``held out``)."""
     t_flags, c_flags = [c for c, _ in treatment], [c for c, _ in control]
     t_revenue, c_revenue = [r for _, r in treatment], [r for _, r in control]
     xt, nt, xc, nc = sum(t_flags), len(t_flags), sum(c_flags), len(c_flags)
@@ -323,7 +339,7 @@ def compare(
     mt, mc = Moments.of(t_revenue), Moments.of(c_revenue)
     difference, p = welch(mt, mc)
     revenue = Lift(difference, relative_means(mt, mc), p, REVENUE_TEST)
-    reasons = too_small({TREATMENT: t_flags, CONTROL: c_flags})
+    reasons = too_small({TREATMENT: t_flags, against: c_flags})
     warnings = (f"too small to conclude: {'; '.join(reasons)}",) if reasons else ()
     return Comparison(
         name,
@@ -380,10 +396,13 @@ class _Exposure:
     windows: list[tuple[int, int]]  # (decision time, window end): purchases in (start, end] count
 
 
+_Key = tuple[str, str, bool]  # (action, placement, held out of the action)
+
+
 @dataclass(slots=True)
 class _Customer:
     groups: set[str] = field(default_factory=set)
-    exposures: dict[tuple[str, str], _Exposure] = field(default_factory=dict)
+    exposures: dict[_Key, _Exposure] = field(default_factory=dict)  # held-out ones: holdout comparisons only
 
 
 LEFT_OUT: Final = {
@@ -392,6 +411,7 @@ LEFT_OUT: Final = {
     "unknown_placement": "placement not in the live catalogue",
     "malformed": "entry could not be read",
     "both_groups": "customer found in both groups (entries of such customers)",
+    "both_arms": "customer held out of an action they were also served (their held-out entries)",
 }
 
 
@@ -418,16 +438,17 @@ class Collector:
         if not self.since_ms <= time_ms < self.until_ms:
             return
         self.entries += 1
-        group, counterfactual = entry.get("group"), entry.get("counterfactual", "0") != "0"
+        group, kind = entry.get("group"), entry.get("counterfactual", SERVED)
         placement = self.catalogue.placements.get(entry.get("placement", ""))
         action = self.catalogue.actions.get(entry.get("action_id", ""))
         if "customer" not in entry or "action_id" not in entry or group not in (TREATMENT, CONTROL):
             self.left_out["malformed"] += 1
-        elif (action is not None and action.spec.exempt) or (group == CONTROL and not counterfactual):
+        elif (action is not None and action.spec.exempt) or (group == CONTROL and kind == SERVED):
             # What control was served is exempt by definition: it is not what the comparison is about.
             self.left_out["exempt"] += 1
-        elif group == TREATMENT and counterfactual:
-            self.left_out["malformed"] += 1  # treatment decisions log no counterfactual
+        elif kind not in ((WOULD_HAVE,) if group == CONTROL else (SERVED, HELD_OUT_WOULD_HAVE)):
+            # Only control decisions log a counterfactual, only treatment ones a holdout counterfactual.
+            self.left_out["malformed"] += 1
         elif placement is None:
             self.left_out["unknown_placement"] += 1
         elif time_ms + placement.attribution + SETTLE_MS > self.now_ms:
@@ -437,7 +458,7 @@ class Collector:
         else:
             customer = self.customers.setdefault(entry["customer"], _Customer())
             customer.groups.add(group)
-            key = (entry["action_id"], entry.get("placement", ""))
+            key = (entry["action_id"], entry.get("placement", ""), kind == HELD_OUT_WOULD_HAVE)
             exposure = customer.exposures.get(key)
             if exposure is None:
                 exposure = customer.exposures[key] = _Exposure(False, placement.reward == "click", [])
@@ -471,6 +492,7 @@ class Report:
     overall: Comparison | None
     actions: list[Comparison]
     placements: list[Comparison]
+    holdouts: list[Comparison]  # per action with a holdout of its own: served it against held out of it
     warnings: list[str]
 
     def to_dict(self) -> dict[str, Any]:
@@ -492,6 +514,10 @@ class Report:
             return self.overall
         return next(c for c in (*self.actions, *self.placements) if c.slice == name)
 
+    def holdout(self, action_id: str) -> Comparison:
+        """An action's own holdout comparison."""
+        return next(c for c in self.holdouts if c.slice == action_id)
+
 
 def analyse(collected: Collector, purchases: Mapping[str, Sequence[Purchase]], *, overdue: int = 0) -> Report:
     """The report from collected exposures and each customer's purchases (``purchases[ref]``, those in
@@ -500,13 +526,13 @@ def analyse(collected: Collector, purchases: Mapping[str, Sequence[Purchase]], *
     catalogue = collected.catalogue
     left_out = Counter(collected.left_out)
     slices: dict[tuple[str, str], dict[str, list[tuple[bool, float]]]] = {}
+    held_out: dict[str, list[tuple[bool, float]]] = {}  # per action: its holdout's side
     used = 0
     for ref, customer in collected.customers.items():
         if len(customer.groups) > 1:
             left_out["both_groups"] += sum(len(e.windows) for e in customer.exposures.values())
             continue
         [group] = customer.groups
-        used += sum(len(e.windows) for e in customer.exposures.values())
         bought = purchases.get(ref, ())
         # Which of the customer's purchases fall in each exposure's windows, and whether it converted.
         caught = {
@@ -517,14 +543,24 @@ def analyse(collected: Collector, purchases: Mapping[str, Sequence[Purchase]], *
         converted = {
             key: e.positive or (e.by_purchase and bool(caught[key])) for key, e in customer.exposures.items()
         }
-        keys = list(customer.exposures)
-        slices_in = {("action", a) for a, _ in keys} | {("placement", p) for _, p in keys}
+        keys = [k for k in customer.exposures if not k[2]]
+        served = {a for a, _, _ in keys}
+        for action_id in sorted({a for a, _, held in customer.exposures if held}):
+            inside = [k for k in customer.exposures if k[2] and k[0] == action_id]
+            if action_id in served:  # held out and served: the assignment changed (docs/uplift.md)
+                left_out["both_arms"] += sum(len(customer.exposures[k].windows) for k in inside)
+                continue
+            used += sum(len(customer.exposures[k].windows) for k in inside)
+            held_out.setdefault(action_id, []).append(_outcome(inside, caught, converted, revenue))
+        if not keys:
+            continue
+        used += sum(len(customer.exposures[k].windows) for k in keys)
+        slices_in = {("action", a) for a, _, _ in keys} | {("placement", p) for _, p, _ in keys}
         memberships = [("overall", "overall"), *sorted(slices_in)]
         for kind, name in memberships:
             inside = [k for k in keys if kind == "overall" or (k[0] if kind == "action" else k[1]) == name]
-            members = frozenset().union(*(caught[k] for k in inside))
-            outcome = (any(converted[k] for k in inside), math.fsum(revenue[m] for m in members))
-            slices.setdefault((kind, name), {TREATMENT: [], CONTROL: []})[group].append(outcome)
+            got = _outcome(inside, caught, converted, revenue)
+            slices.setdefault((kind, name), {TREATMENT: [], CONTROL: []})[group].append(got)
 
     def comparisons(kind: str) -> list[Comparison]:
         return [
@@ -534,6 +570,15 @@ def analyse(collected: Collector, purchases: Mapping[str, Sequence[Purchase]], *
         ]
 
     overall = comparisons("overall")
+    # Each action with a holdout of its own (in the live catalogue, or held out in the range): its
+    # treatment customers, those of its row in ``actions``, against the customers it was withheld from who
+    # would have been served it.
+    served_it = {name: arms[TREATMENT] for (kind, name), arms in slices.items() if kind == "action"}
+    own = {a.id for a in catalogue.actions.values() if a.spec.holdout > 0 and served_it.get(a.id)}
+    holdouts = [
+        compare(a, served_it.get(a, []), held_out.get(a, []), against=HELD_OUT)
+        for a in sorted(own | held_out.keys())
+    ]
     warnings = _warnings(collected, left_out, overdue)
     return Report(
         since_ms=collected.since_ms,
@@ -547,8 +592,21 @@ def analyse(collected: Collector, purchases: Mapping[str, Sequence[Purchase]], *
         overall=overall[0] if overall else None,
         actions=comparisons("action"),
         placements=comparisons("placement"),
+        holdouts=holdouts,
         warnings=warnings,
     )
+
+
+def _outcome(
+    inside: Sequence[_Key],
+    caught: Mapping[_Key, frozenset[str]],
+    converted: Mapping[_Key, bool],
+    revenue: Mapping[str, float],
+) -> tuple[bool, float]:
+    """One customer in one slice, from the exposures ``inside`` it: converted if any of them did, and the
+    revenue of the purchases ``caught`` in any of their windows, each purchase once."""
+    members = frozenset().union(*(caught[k] for k in inside))
+    return any(converted[k] for k in inside), math.fsum(revenue[m] for m in members)
 
 
 def _warnings(collected: Collector, left_out: Mapping[str, int], overdue: int) -> list[str]:
@@ -563,12 +621,6 @@ def _warnings(collected: Collector, left_out: Mapping[str, int], overdue: int) -
         warnings.append(
             "no joined rewards for decisions in this range: nothing to compare (rewards are joined by the "
             "learner when a decision's attribution window closes; is it running?)"
-        )
-    own = sorted(a.id for a in catalogue.actions.values() if a.spec.holdout > 0)
-    if own:
-        warnings.append(
-            f"{', '.join(own)} have a holdout of their own: the customers held out of an action are not "
-            "logged with it, so this report compares every action with the global control group only"
         )
     if left_out.get("window_open"):
         warnings.append(
@@ -662,12 +714,14 @@ def render(r: Report) -> str:
     header = f"{'':<12}{'customers':>10}{'converted':>11}{'rate':>9}{'revenue':>12}{'per customer':>14}"
     sections = [("overall", [r.overall] if r.overall else []), ("per action", r.actions)]
     sections.append(("per placement", r.placements))
+    sections.append(("own holdout", r.holdouts))
     for title, comparisons in sections:
+        against = HELD_OUT if title == "own holdout" else CONTROL
         for c in comparisons:
             lines.append("")
             lines.append(f"{title}: {c.slice}" if title != "overall" else "overall")
             lines.append(header)
-            for name, g in ((TREATMENT, c.treatment), (CONTROL, c.control)):
+            for name, g in ((TREATMENT, c.treatment), (against, c.control)):
                 lines.append(
                     f"{name:<12}{g.customers:>10}{g.conversions:>11}{_rate(g.conversion_rate):>9}"
                     f"{_money(g.revenue):>12}{_money(g.revenue_per_customer):>14}"

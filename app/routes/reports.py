@@ -43,7 +43,10 @@ def _ms(when: datetime | None) -> int | None:
 async def get_uplift(services: ServicesDep, since: From = None, until: To = None) -> dict[str, Any]:
     """Per action, per placement and overall: customers, conversions, conversion rate and revenue per
     customer in treatment and control, with absolute and relative lift, 95% intervals and p-values, and
-    a warning where a sample is too small to conclude. docs/uplift.md says how each figure is made."""
+    a warning where a sample is too small to conclude. In `holdouts`, the same for each action with a
+    holdout of its own: treatment customers served it against treatment customers held out of it who
+    would have been served it (`control` there is that held-out side). docs/uplift.md says how each
+    figure is made."""
     now_ms = int(services.clock() * 1000)
     since_ms, until_ms = uplift.default_range(_ms(since), _ms(until), now_ms)
     if since_ms >= until_ms:

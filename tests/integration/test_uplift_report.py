@@ -40,9 +40,10 @@ from app.settings import Scope
 from feature_store import ProfileStore, StoreConfig
 from feature_store.keys import DECISION_LOG
 from models.learner import Learner
+from policies import holdout
 from tests.api.test_bad_input import error_body
 from tests.conftest import AppFactory, Clock
-from tests.integration.test_learner import ROOMY, catalogue_copy, learner_for, started
+from tests.integration.test_learner import ROOMY, SEED, catalogue_copy, learner_for, started
 
 MINUTE = 60.0
 ROOMY_STORE_MS = 5000  # a store timeout that a loaded test machine does not exceed (the default is 500 ms)
@@ -325,6 +326,78 @@ async def test_a_small_sample_is_said_to_be_too_small_on_the_command_line_too(
     assert "neither a duration" in capsys.readouterr().err
     monkeypatch.setenv("NBA_REDIS_URL", f"unix://{tmp_path}/nothing.sock")
     assert await asyncio.to_thread(nba, ["report"]) == 1
+
+
+async def test_a_holdout_of_its_own_measures_its_action_within_treatment(
+    make_client: AppFactory, store: ProfileStore, clock: Clock, raw_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """generic_banner withheld from half the customers by its own holdout, a fifth in the control group:
+    a customer served the banner buys with probability 0.35, any other 0.15. Its holdout comparison sets
+    the treatment customers served it against the treatment customers held out of it who would have been
+    (control customers in its holdout too are in neither side), and finds the planted lift of 0.2."""
+    rates = {"served": 0.35, "not": 0.15}
+    folder = catalogue_copy(tmp_path, reward="conversion", share=0.2, banner_holdout=0.5)
+    clock.now = time.time() - 3 * 3600
+    rng = random.Random(8)
+    async with make_client(policies=folder, decision_budget_ms=ROOMY, store_timeout_ms=ROOMY_STORE_MS) as api:
+        learner = await started(learner_for(store, folder, clock))
+        traffic = Traffic(clock.now)
+        answers = {f"c-{i}": await decide(api, f"c-{i}", "web.product_page") for i in range(1000)}
+        await settle(learner)
+        clock.advance(5 * MINUTE)
+        buys = [
+            (c, round(rng.uniform(20, 60), 2))
+            for c, a in answers.items()
+            if rng.random() < rates["served" if a["actions"] else "not"]
+        ]
+        await send(api, [purchase(c, r, f"o-{c}") for c, r in buys])
+        for customer, revenue in buys:
+            traffic.purchases[f"c:{customer}"].append((int(clock() * 1000), revenue))
+        clock.advance(30 * MINUTE)
+        await settle(learner)
+        r = await get_report(api, traffic)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["warnings"] == []
+
+    # Who is on each side, from the decision log: served the banner (treatment), or held out of it and
+    # would have been served it (treatment too: a control customer's decision logs no holdout counterfactual).
+    sides: dict[str, set[str]] = {"served": set(), "held out": set()}
+    entries: list[tuple[str, dict[str, str]]] = raw_redis.xrange(DECISION_LOG)  # type: ignore[assignment]
+    for _, e in entries:
+        if e["group"] == "treatment" and json.loads(e["actions"]):
+            sides["served"].add(e["customer"])
+        if "holdout_counterfactual" in e:
+            assert e["group"] == "treatment"
+            assert [a["action_id"] for a in json.loads(e["holdout_counterfactual"])] == ["generic_banner"]
+            sides["held out"].add(e["customer"])
+    in_control = {e["customer"] for _, e in entries if e["group"] == "control"}
+    held_in_control = {
+        c for c in in_control if holdout.held_out(SEED, 0.5, "generic_banner", c)
+    }  # in the banner's holdout, and in control: in neither side
+    assert held_in_control
+    assert not held_in_control & (sides["served"] | sides["held out"])
+    assert 300 < len(sides["held out"]) < 500  # half of about 800 treatment customers
+    bought = {c: sum(r for _, r in p) for c, p in traffic.purchases.items()}
+
+    [banner] = report["holdouts"]
+    assert banner["slice"] == "generic_banner"
+    for key, side in (("treatment", "served"), ("control", "held out")):
+        got, customers = banner[key], sides[side]
+        assert got["customers"] == len(customers)
+        assert got["conversions"] == sum(c in bought for c in customers)
+        assert got["revenue"] == pytest.approx(sum(bought.get(c, 0.0) for c in customers), abs=0.01)
+    # Its treatment side is its row's in the global comparison, whose control side is control's alone.
+    [global_banner] = report["actions"]
+    assert banner["treatment"] == global_banner["treatment"]
+    assert global_banner["control"]["customers"] == len(in_control - held_in_control)
+    lift = rates["served"] - rates["not"]
+    se, _ = planted_se(banner, {"treatment": rates["served"], "control": rates["not"]})
+    conversion = banner["conversion"]["absolute"]
+    assert banner["enough_data"]
+    assert conversion["low"] <= lift <= conversion["high"]
+    assert abs(conversion["value"] - lift) < 4 * se
+    assert banner["conclusion"] == "conversion higher in treatment; revenue per customer higher in treatment"
 
 
 async def test_only_admin_keys_read_the_report(make_client: AppFactory) -> None:
