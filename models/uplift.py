@@ -712,11 +712,11 @@ def render(r: Report) -> str:
         ),
     ]
     header = f"{'':<12}{'customers':>10}{'converted':>11}{'rate':>9}{'revenue':>12}{'per customer':>14}"
-    sections = [("overall", [r.overall] if r.overall else []), ("per action", r.actions)]
-    sections.append(("per placement", r.placements))
-    sections.append(("own holdout", r.holdouts))
-    for title, comparisons in sections:
-        against = HELD_OUT if title == "own holdout" else CONTROL
+    # Each section's comparisons, and what their second side is called.
+    sections = [("overall", [r.overall] if r.overall else [], CONTROL), ("per action", r.actions, CONTROL)]
+    sections.append(("per placement", r.placements, CONTROL))
+    sections.append(("own holdout", r.holdouts, HELD_OUT))
+    for title, comparisons, against in sections:
         for c in comparisons:
             lines.append("")
             lines.append(f"{title}: {c.slice}" if title != "overall" else "overall")
