@@ -13,6 +13,8 @@ which hold ids, bodies and keys.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -22,11 +24,12 @@ import os
 import random
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import orjson
 import structlog
@@ -174,6 +177,108 @@ class _Logger(structlog.make_filtering_bound_logger(logging.INFO)):  # type: ign
         return self._logger.info(**line)
 
 
+# How long an info line may wait for others to go out with it.
+FLUSH_AFTER_S: Final = 0.05
+
+
+class Lines:
+    """Where the JSON lines go: ``out``, in batches. structlog's logger interface, as its BytesLogger.
+
+    An ``info`` line waits at most :data:`FLUSH_AFTER_S`, or until ``max_bytes`` of lines wait, and goes
+    out with the others in one write; a warning or worse goes out at once, after what waits before it.
+    Lines keep their order. A decision logs a line on every page view, and a write of its own cost the
+    decision about a tenth of its time on the wire (docs/performance.md). What waits is written by one
+    thread of the process's own, by :func:`flush` (the service's shutdown) and at exit; a process killed
+    outright (SIGKILL, out of memory) loses its last FLUSH_AFTER_S of info lines at most (the decisions
+    themselves are in Redis, and their warnings, fallbacks among them, are not kept waiting)."""
+
+    def __init__(self, out: BinaryIO, *, max_bytes: int = 1 << 16) -> None:
+        self.out = out
+        self.max_bytes = max_bytes
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._lock = threading.Lock()  # the lines waiting
+        self._writing = threading.Lock()  # one write at a time: batches go out in their order
+        _LINES.append(self)
+
+    def later(self, line: bytes) -> None:
+        with self._lock:
+            self._lines.append(line)
+            self._size += len(line)
+            first = len(self._lines) == 1
+        if self._size >= self.max_bytes:
+            self.flush()
+        elif first:
+            _flusher().set()
+
+    def now(self, line: bytes) -> None:
+        with self._lock:
+            self._lines.append(line)
+        self.flush()
+
+    def flush(self) -> None:
+        with self._writing:
+            with self._lock:
+                lines, self._lines, self._size = self._lines, [], 0
+            if lines:
+                lines.append(b"")
+                self.out.write(b"\n".join(lines))
+                self.out.flush()
+
+    def _after_fork(self) -> None:
+        # The lines that wait are the parent's to write.
+        self._lines, self._size = [], 0
+        self._lock, self._writing = threading.Lock(), threading.Lock()
+
+    # The names structlog calls a logger by.
+    debug = info = msg = log = later
+    warning = warn = error = err = critical = fatal = exception = failure = now
+
+
+_LINES: list[Lines] = []  # one per stream, for the process's life (a logger keeps its own)
+_cue: list[threading.Event] = []  # set when a line waits; the flusher thread's, once it runs
+
+
+def flush() -> None:
+    """Write every line that waits (:class:`Lines`), before this returns."""
+    for lines in tuple(_LINES):
+        lines.flush()
+
+
+def _flusher() -> threading.Event:
+    if not _cue:
+        cue = threading.Event()
+        threading.Thread(target=_flush_lines, args=(cue,), name="nba-log-lines", daemon=True).start()
+        _cue.append(cue)
+    return _cue[0]
+
+
+def _flush_lines(cue: threading.Event) -> None:
+    while True:
+        cue.wait()
+        time.sleep(FLUSH_AFTER_S)
+        cue.clear()  # a line that comes before the flush below goes with it; after, it cues again
+        _flush_each()
+
+
+def _flush_each() -> None:
+    for lines in tuple(_LINES):
+        # A stream that is gone (closed, a broken pipe) takes its batch with it; the others go on.
+        with contextlib.suppress(OSError, ValueError):
+            lines.flush()
+
+
+def _reset_after_fork() -> None:
+    """In a forked child, the parent's flusher thread does not run, and a lock may be held forever."""
+    _cue.clear()
+    for lines in tuple(_LINES):
+        lines._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+atexit.register(_flush_each)
+
+
 def configure(log_format: str = "auto", salt: bytes | None = None) -> None:
     """Configure structlog for this process. ``salt`` keys the pseudonyms (random when not given)."""
     json_logs = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
@@ -198,6 +303,11 @@ def configure(log_format: str = "auto", salt: bytes | None = None) -> None:
     def tracebacks(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
         return exceptions(logger, method, event) if "exc_info" in event else event
 
+    factory: Callable[..., Any] = structlog.PrintLoggerFactory(sys.stderr)
+    if out is not None:
+        # One Lines per stream: configured again (tests), lines to the same stream keep their order.
+        lines = next((each for each in _LINES if each.out is out), None) or Lines(out)
+        factory = lambda *_: lines  # noqa: E731
     structlog.configure(
         processors=[
             add_request_id,
@@ -208,9 +318,7 @@ def configure(log_format: str = "auto", salt: bytes | None = None) -> None:
             renderer,
         ],
         wrapper_class=_Logger,
-        logger_factory=(
-            structlog.BytesLoggerFactory(out) if out is not None else structlog.PrintLoggerFactory(sys.stderr)
-        ),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
 

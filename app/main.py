@@ -173,6 +173,7 @@ def create_app(
                 yield {"services": services, "models_followed": watch}
                 gc.unfreeze()  # back in sight: in a process that builds the app again (tests), it can go
                 stop.set()  # the deliveries in flight finish (within their timeout), none start
+        app_logging.flush()  # the lines that wait (app/logging.py Lines), before the worker ends
 
     app = Service(
         title="nba: next-best-action decisioning",

@@ -4,6 +4,10 @@ lines, and no raw personal data anywhere (app/logging.py)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -204,3 +208,41 @@ def test_a_pseudonym_is_stable_keyed_and_the_same_whichever_key_logs_the_custome
         "customer": None,
         "email": [pseudonym(b"one-salt-of-16-chars", "a@b.c")],
     }
+
+
+def test_a_worker_that_stops_has_written_every_line_that_waited(redis_url: str) -> None:
+    # A worker process: its info lines wait (app/logging.py Lines), here for an hour, and the process
+    # ends without running its exit handlers. What the service logged is out all the same, because
+    # the service writes what waits when it stops.
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, sys
+        import httpx
+        from asgi_lifespan import LifespanManager
+        import app.logging
+        from app.main import create_app
+        from app.settings import Settings
+
+        app.logging.FLUSH_AFTER_S = 3600
+
+        async def main():
+            settings = Settings(_env_file=None, redis_url={redis_url!r}, log_format="json")
+            service = create_app(settings, watch=False)
+            async with LifespanManager(service) as manager:
+                transport = httpx.ASGITransport(app=manager.app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://nba.test") as client:
+                    body = {{"customer_id": "c-1", "placement": "web.home"}}
+                    answer = await client.post("/v1/decide", json=body)
+                    print(answer.json()["decision_id"], flush=True)
+
+        asyncio.run(main())
+        os._exit(0)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {k: v for k, v in env.items() if not k.startswith("NBA_")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    decision_id = done.stdout.decode().strip()
+    lines = logged(done.stderr.decode())
+    assert [line["decision_id"] for line in lines if line["event"] == "decision"] == [decision_id]

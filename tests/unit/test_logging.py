@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import subprocess
+import sys
+import textwrap
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 
 from app.logging import (
+    FLUSH_AFTER_S,
+    Lines,
     _keyed,
     _Logger,
     _render_json,
     add_request_id,
     bind_request_id,
+    flush,
     pseudonym,
     reset_request_id,
     stamp,
@@ -92,3 +101,103 @@ def test_captured_logs_see_the_loggers_short_info() -> None:
     with structlog.testing.capture_logs() as logged:
         structlog.wrap_logger(structlog.BytesLogger(ours), wrapper_class=_Logger).info("seen", n=1)
     assert logged == [{"event": "seen", "n": 1, "log_level": "info"}]
+
+
+class Writes(io.BytesIO):
+    """A stream that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: Any) -> int:
+        self.writes.append(bytes(data))
+        return super().write(data)
+
+
+def _written_within(stream: Writes, seconds: float) -> list[bytes]:
+    deadline = time.monotonic() + seconds
+    while not stream.writes and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return stream.writes
+
+
+def test_info_lines_wait_and_go_out_together_in_their_order() -> None:
+    stream = Writes()
+    lines = Lines(stream)
+    for n in range(3):
+        lines.info(b"line %d" % n)
+    assert stream.writes == []  # waiting: FLUSH_AFTER_S at most
+    assert _written_within(stream, 100 * FLUSH_AFTER_S) == [b"line 0\nline 1\nline 2\n"]
+    lines.info(b"line 3")  # the next one waits again, and is written again
+    assert _written_within(stream, 100 * FLUSH_AFTER_S) == [b"line 0\nline 1\nline 2\n"]
+    deadline = time.monotonic() + 100 * FLUSH_AFTER_S
+    while len(stream.writes) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert stream.writes[1:] == [b"line 3\n"]
+
+
+def test_a_warning_goes_out_at_once_after_the_lines_that_wait() -> None:
+    stream = Writes()
+    lines = Lines(stream)
+    lines.info(b"first")
+    lines.warning(b"warned")
+    assert stream.writes == [b"first\nwarned\n"]
+    for method in (lines.error, lines.critical, lines.exception):
+        method(b"bad")
+    assert stream.getvalue() == b"first\nwarned\nbad\nbad\nbad\n"
+
+
+def test_lines_go_out_when_enough_wait_and_at_a_flush() -> None:
+    stream = Writes()
+    lines = Lines(stream, max_bytes=100)
+    for n in range(12):
+        lines.info(b"%09d" % n)  # 9 bytes: the tenth fills 90, the eleventh 99, the twelfth 108
+    assert stream.writes == [b"".join(b"%09d\n" % n for n in range(12))]
+    lines.info(b"more")
+    flush()
+    assert stream.writes[1:] == [b"more\n"]
+
+
+def test_the_service_logger_writes_its_lines_through_lines_waiting_only_for_info() -> None:
+    stream = Writes()
+    render = structlog.processors.JSONRenderer(_render_json)
+    logger = structlog.wrap_logger(Lines(stream), processors=[render], wrapper_class=_Logger)
+    logger.info("decision", n=1)
+    assert stream.writes == []
+    logger.warning("decision", n=2)
+    assert stream.writes == [b'{"n":1,"event":"decision"}\n{"n":2,"event":"decision"}\n']
+
+
+def test_a_process_that_ends_writes_every_line_that_waits() -> None:
+    # At exit, with no time for the flusher: the lines are written all the same, in their order.
+    script = textwrap.dedent(
+        """
+        import structlog
+        from app import logging
+        logging.configure("json", b"s" * 16)
+        log = structlog.get_logger()
+        for n in range(500):
+            log.info("line", n=n)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [json_line["n"] for json_line in map(orjson.loads, done.stderr.splitlines())] == list(range(500))
+
+
+def test_a_forked_child_writes_its_own_lines_not_those_its_parent_left_waiting() -> None:
+    read, write = os.pipe()
+    with open(write, "wb") as out:
+        lines = Lines(out)
+        lines.info(b"parent")
+        pid = os.fork()
+        if pid == 0:  # the child: one line of its own, then out without exit handlers
+            lines.info(b"child")
+            lines.flush()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        lines.flush()
+    with open(read, "rb") as pipe:
+        assert pipe.read() == b"child\nparent\n"
