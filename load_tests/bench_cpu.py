@@ -24,13 +24,11 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
 Call = Callable[[str, bytes], Awaitable[int]]
 
 _PLACEMENTS = ("web.home", "web.product_page", "web.cart", "web.faq")
@@ -143,38 +141,21 @@ async def _measure(decides: int, batches: int, rounds: int) -> dict[str, float]:
 
 
 def _compare(revisions: list[str], args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="nba-bench-cpu-") as folder:
-        trees: dict[str, Path] = {}
-        try:
-            for rev in revisions:
-                tree = Path(folder) / rev.replace("/", "_")
-                subprocess.run(
-                    ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), rev], check=True
-                )
-                trees[rev] = tree
-            figures: dict[str, list[dict[str, float]]] = {rev: [] for rev in revisions}
-            for _ in range(args.rounds):
-                for rev, tree in trees.items():
-                    out = subprocess.run(
-                        [sys.executable, "-c", _CHILD, str(tree), str(args.decides), str(args.batches)],
-                        check=True, capture_output=True, text=True, cwd=tree,
-                    )  # fmt: skip
-                    figures[rev].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            for rev in revisions:
-                runs = figures[rev]
-                print(
-                    json.dumps(
-                        {
-                            "revision": rev,
-                            **{k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]},
-                        }
-                    )
-                )
-        finally:
-            for tree in trees.values():
-                subprocess.run(
-                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
-                )
+    # Here, not at the top: a worktree's child loads this file, and an older tree has no worktrees().
+    from load_tests.service import worktrees
+
+    with worktrees(revisions) as trees:
+        figures: list[list[dict[str, float]]] = [[] for _ in trees]
+        for _ in range(args.rounds):
+            for (_, tree), runs in zip(trees, figures, strict=True):
+                out = subprocess.run(
+                    [sys.executable, "-c", _CHILD, str(tree), str(args.decides), str(args.batches)],
+                    check=True, capture_output=True, text=True, cwd=tree,
+                )  # fmt: skip
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for (rev, _), runs in zip(trees, figures, strict=True):
+            medians = {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+            print(json.dumps({"revision": rev, **medians}))
 
 
 # Run in a worktree: its packages on the path, this file's driver (the worktree may predate it).

@@ -219,23 +219,13 @@ def main() -> None:
         figures = measure(ROOT, args.decides, args.batches, args.events_per_customer)
         print(json.dumps({"revision": "working tree", **figures}))
         return
-    with tempfile.TemporaryDirectory(prefix="nba-instructions-") as folder:
-        trees: list[tuple[str, Path]] = []
-        try:
-            for rev in args.compare:
-                tree = Path(folder) / rev.replace("/", "_")
-                subprocess.run(
-                    ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), rev], check=True
-                )
-                trees.append((rev, tree))
-            for rev, tree in trees:
-                figures = measure(tree, args.decides, args.batches, args.events_per_customer)
-                print(json.dumps({"revision": rev, **figures}), flush=True)
-        finally:
-            for _, tree in trees:
-                subprocess.run(
-                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
-                )
+    # Here, not at the top: a worktree's child loads this file, and an older tree has no worktrees().
+    from load_tests.service import worktrees
+
+    with worktrees(args.compare) as trees:
+        for rev, tree in trees:
+            figures = measure(tree, args.decides, args.batches, args.events_per_customer)
+            print(json.dumps({"revision": rev, **figures}), flush=True)
 
 
 if __name__ == "__main__":

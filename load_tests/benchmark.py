@@ -447,7 +447,7 @@ def cores_busy(before: Sequence[tuple[int, int]], after: Sequence[tuple[int, int
     ]
 
 
-def _process_ticks(pid: int) -> int:
+def process_ticks(pid: int) -> int:
     """A process's CPU time and that of its children it has waited for, in clock ticks."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -469,7 +469,7 @@ class CpuMeter:
         own = resource.getrusage(resource.RUSAGE_SELF)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it is waited for
         cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-        return _busy_ticks(), sum(_process_ticks(pid) for pid in self.server_pids), cpu
+        return _busy_ticks(), sum(process_ticks(pid) for pid in self.server_pids), cpu
 
     def start(self) -> None:
         busy, servers, cpu = self._ours()
@@ -570,7 +570,8 @@ def running_floor(workers: int, ready_within_s: float = 30.0) -> Iterator[Server
 
 
 @contextlib.contextmanager
-def running(scenario: Scenario, workers: int) -> Iterator[Server]:
+def running(scenario: Scenario, workers: int, cwd: Path | None = None) -> Iterator[Server]:
+    """The scenario's server, ready; the service's code from ``cwd`` when given (a worktree)."""
     if scenario is FLOOR:
         with running_floor(workers) as floor:
             yield floor
@@ -584,7 +585,7 @@ def running(scenario: Scenario, workers: int) -> Iterator[Server]:
             (folder / "redis.conf").write_text(f"aof_rewrite_cpulist {cpus}\n")
             env["NBA_EMBEDDED_REDIS_CONF"] = str(folder / "redis.conf")
         service = stack.enter_context(
-            running_service("--workers", str(workers), env=env, ready_within_s=60.0)
+            running_service("--workers", str(workers), env=env, ready_within_s=60.0, cwd=cwd)
         )
         yield Server(service.base_url, service.pid, service.redis_url)
 
@@ -679,7 +680,7 @@ class Bench:
         if quiet_first:
             self._wait_for_quiet()
         self.meter.start()
-        ticks = {pid: _process_ticks(pid) for pid in self.roles}
+        ticks = {pid: process_ticks(pid) for pid in self.roles}
         waited = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's, once it is waited for
         per_cpu = cpu_ticks(Path("/proc/stat").read_text())
         before = redis_state(self.server)
@@ -691,7 +692,7 @@ class Bench:
         seconds = elapsed * os.sysconf("SC_CLK_TCK")
         cores: dict[str, float] = {}
         for pid, name in self.roles.items():
-            cores[name] = round(cores.get(name, 0.0) + (_process_ticks(pid) - ticks[pid]) / seconds, 2)
+            cores[name] = round(cores.get(name, 0.0) + (process_ticks(pid) - ticks[pid]) / seconds, 2)
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         # The load generator shares a core with Redis (one worker): its share is part of the picture.
         spent = usage.ru_utime + usage.ru_stime - waited.ru_utime - waited.ru_stime

@@ -45,9 +45,13 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def running_service(
-    *args: str, env: Mapping[str, str] | None = None, ready_within_s: float = 30.0
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    ready_within_s: float = 30.0,
+    cwd: Path | None = None,
 ) -> Iterator[Service]:
-    """Yield a ready service started with ``nba serve ARGS``.
+    """Yield a ready service started with ``nba serve ARGS`` (from ``cwd``: the code checked out there,
+    load_tests/bench_wire.py; by default the caller's).
 
     The service sees the caller's environment without its ``NBA_*`` variables and
     ``PROMETHEUS_MULTIPROC_DIR``, plus ``env`` (e.g.
@@ -61,7 +65,9 @@ def running_service(
     data_dir = Path(tempfile.mkdtemp(prefix="nba-local-"))
     command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)]
     with (data_dir / "service.log").open("wb") as output:
-        server = subprocess.Popen([*command, *args], env=child_env, stdout=output, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [*command, *args], env=child_env, stdout=output, stderr=subprocess.STDOUT, cwd=cwd
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_within_s

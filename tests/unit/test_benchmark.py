@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from load_tests.bench_wire import summary as wire_summary
 from load_tests.benchmark import (
     DECIDE,
     DURING_INGESTION,
@@ -38,6 +39,7 @@ from load_tests.benchmark import (
     summary,
     targets,
 )
+from load_tests.service import worktrees
 
 WRK_STDOUT = """Running 8s test @ http://127.0.0.1:40000
   1 threads and 64 connections
@@ -338,3 +340,22 @@ def test_decide_during_ingestion_is_flagged_only_when_it_failed() -> None:
     }
     one[DURING_INGESTION] = {"error": "BenchmarkError: decide: 503"}
     assert flags({"1": one}) == ["1 worker(s), decide_during_ingestion: failed: BenchmarkError: decide: 503"]
+
+
+def test_the_wire_comparison_pairs_each_burst_of_a_with_the_same_burst_of_b() -> None:
+    got = wire_summary(["a", "b"], [300.0, 320.0, 280.0, 310.0], [290.0, 330.0, 260.0, 300.0])
+    assert got["median_us"] == [305.0, 295.0]
+    assert got["ratio_of_medians"] == round(295 / 305, 3)
+    assert got["median_difference_us"] == -10.0  # -10, +10, -20, -10
+    assert (got["pairs_b_cheaper"], got["pairs"]) == (3, 4)
+    with pytest.raises(ValueError, match="shorter"):
+        wire_summary(["a", "b"], [1.0, 2.0], [1.0])  # a burst without its pair
+
+
+def test_revisions_are_checked_out_side_by_side_and_removed_after() -> None:
+    with worktrees(["HEAD", "HEAD"]) as trees:
+        assert [rev for rev, _ in trees] == ["HEAD", "HEAD"]
+        assert len({tree for _, tree in trees}) == 2
+        for _, tree in trees:
+            assert (tree / "app" / "services.py").is_file()
+    assert not any(tree.exists() for _, tree in trees)
