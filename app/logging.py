@@ -187,7 +187,7 @@ class Lines:
     An ``info`` line waits at most :data:`FLUSH_AFTER_S`, or until ``max_bytes`` of lines wait, and goes
     out with the others in one write; a warning or worse goes out at once, after what waits before it.
     Lines keep their order. A decision logs a line on every page view, and a write of its own cost the
-    decision about a tenth of its time on the wire (docs/performance.md). What waits is written by one
+    decision up to a tenth of its time on the wire (docs/performance.md). What waits is written by one
     thread of the process's own, by :func:`flush` (the service's shutdown) and at exit; a process killed
     outright (SIGKILL, out of memory) loses its last FLUSH_AFTER_S of info lines at most (the decisions
     themselves are in Redis, and their warnings, fallbacks among them, are not kept waiting)."""
