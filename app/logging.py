@@ -242,7 +242,9 @@ _cue: list[threading.Event] = []  # set when a line waits; the flusher thread's,
 def flush() -> None:
     """Write every line that waits (:class:`Lines`), before this returns."""
     for lines in tuple(_LINES):
-        lines.flush()
+        # A stream that is gone (closed, a broken pipe) takes its batch with it; the others go on.
+        with contextlib.suppress(OSError, ValueError):
+            lines.flush()
 
 
 def _flusher() -> threading.Event:
@@ -258,14 +260,7 @@ def _flush_lines(cue: threading.Event) -> None:
         cue.wait()
         time.sleep(FLUSH_AFTER_S)
         cue.clear()  # a line that comes before the flush below goes with it; after, it cues again
-        _flush_each()
-
-
-def _flush_each() -> None:
-    for lines in tuple(_LINES):
-        # A stream that is gone (closed, a broken pipe) takes its batch with it; the others go on.
-        with contextlib.suppress(OSError, ValueError):
-            lines.flush()
+        flush()
 
 
 def _reset_after_fork() -> None:
@@ -276,7 +271,7 @@ def _reset_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
-atexit.register(_flush_each)
+atexit.register(flush)
 
 
 def configure(log_format: str = "auto", salt: bytes | None = None) -> None:

@@ -201,3 +201,13 @@ def test_a_forked_child_writes_its_own_lines_not_those_its_parent_left_waiting()
         lines.flush()
     with open(read, "rb") as pipe:
         assert pipe.read() == b"child\nparent\n"
+
+
+def test_a_flush_goes_on_past_a_stream_that_is_gone() -> None:
+    gone, alive = Writes(), Writes()
+    first, second = Lines(gone), Lines(alive)
+    first.info(b"lost")
+    second.info(b"kept")
+    gone.close()
+    flush()  # the service's shutdown: a closed stream of an earlier configuration does not stop it
+    assert alive.writes == [b"kept\n"]
