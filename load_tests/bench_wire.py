@@ -32,6 +32,8 @@ CONNECTIONS = 32  # as the benchmark's closed loops
 
 def per_decision_us(bench: Bench, seconds: int) -> float:
     """One closed-loop burst of ``seconds``: the worker's CPU time per decision, in microseconds."""
+    # Its own ticks rather than the cores Bench.wrk reports: those are rounded to a hundredth of a core,
+    # a step of 1% where the differences sought are a few.
     worker = next(pid for pid, role in bench.roles.items() if role == "nba serve")
     before = process_ticks(worker)
     run, *_ = bench.wrk(0, seconds, CONNECTIONS, quiet_first=False)
