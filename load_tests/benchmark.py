@@ -25,9 +25,11 @@ a fallback; events: 202 and all 500 accepted). Then wrk (load_tests/wrk/paced.lu
    whose p99 stays under 10 ms and that was sustained.
 
 Then, when the floor and decide were both measured, ``floor_and_decide_in_turn``: both servers up, the
-floor's closed loop and decide's in turn, three times. Issue 7's target of decide at half the floor is
-judged by the median of the three pairs' ratios (when all six runs were clean): the scenarios' own
-maxima are measured minutes apart, and this machine's speed drifts by more than that in minutes.
+floor's closed loop and decide's in turn, five times. Issue 7's target of decide at half the floor is
+judged by the median of the five pairs' ratios (when all ten runs were clean): the scenarios' own
+maxima are measured minutes apart, and this machine's speed drifts by more than that in minutes. Each
+pair also gives the CPU time the answering processes spent per request, the floor's and decide's,
+and their ratio: what the code costs, whatever Redis, the learner and wrk got of the other core.
 
 Then, when decide and events were both measured, ``decide_during_ingestion``: on a fresh ``nba serve``,
 decide paced at half its maximum while batches of 500 events arrive paced at half theirs (from 2 s
@@ -111,7 +113,10 @@ ROUND_TRIPS_PER_DECIDE = "2 (tests/integration/test_round_trips.py)"
 DURING_INGESTION = "decide_during_ingestion"  # run_workers' figures of decide while batches arrive
 BESIDE_MARGIN_S = 2  # the batches run this long before and after the decisions' run
 IN_TURN = "floor_and_decide_in_turn"  # run_workers' figures of the two closed loops taken in turn
-TURNS = 3  # pairs of closed loops (floor, then decide) in IN_TURN
+TURNS = 5  # pairs of closed loops (floor, then decide) in IN_TURN
+# The processes that answer the requests, whose CPU per request a pair compares (wrk, Redis and the
+# learner are on the other core with one worker).
+WORKER_ROLES = frozenset({"floor", "nba serve", "uvicorn worker"})
 SERVER_CPU, LOAD_CPU = 0, 1
 
 
@@ -821,14 +826,35 @@ def in_turn(workers: int, plan: Plan, quiet_wait_s: float, turns: int = TURNS) -
                 benches.append(bench)
             for _ in range(turns):
                 floor_max, decide_max = (bench.measure(None, "in_turn") for bench in benches)
-                ratio = float(decide_max["achieved_per_s"]) / float(floor_max["achieved_per_s"])
-                pairs.append({"floor": floor_max, "decide": decide_max, "decide_over_floor": round(ratio, 3)})
+                pairs.append(pair(floor_max, decide_max))
     except Exception as exc:  # recorded in the JSON and flagged; the rest of the benchmark still runs
         print(f"{label} failed: {exc}", file=sys.stderr, flush=True)
         return {"error": f"{type(exc).__name__}: {exc}"}
     return {
         "pairs": pairs,
         "decide_over_floor_median": statistics.median(p["decide_over_floor"] for p in pairs),
+    }
+
+
+def worker_us_per_request(measured: Mapping[str, Any]) -> float | None:
+    """The CPU time the answering processes (WORKER_ROLES) spent per request in a closed loop, in µs."""
+    rate = float(measured["achieved_per_s"])
+    cores = sum(c for role, c in measured.get("server_cpu_cores", {}).items() if role in WORKER_ROLES)
+    return round(cores / rate * 1e6, 1) if rate and cores else None
+
+
+def pair(floor_max: dict[str, Any], decide_max: dict[str, Any]) -> dict[str, Any]:
+    """One turn's figures: decide over the floor in throughput (what the target is judged by), and the
+    workers' CPU per request of each, whose ratio does not move with what the other core was doing."""
+    ratio = float(decide_max["achieved_per_s"]) / float(floor_max["achieved_per_s"])
+    floor_us, decide_us = worker_us_per_request(floor_max), worker_us_per_request(decide_max)
+    cpu_ratio = None if not floor_us or not decide_us else round(floor_us / decide_us, 3)
+    return {
+        "floor": floor_max,
+        "decide": decide_max,
+        "decide_over_floor": round(ratio, 3),
+        "worker_us_per_request": {"floor": floor_us, "decide": decide_us},
+        "floor_cpu_over_decide_cpu": cpu_ratio,
     }
 
 
@@ -1223,6 +1249,7 @@ def summary(figures: Mapping[str, Any]) -> dict[str, Any]:
             out[f"{workers}w floor and decide in turn"] = {
                 "decide_over_floor": [p["decide_over_floor"] for p in paired["pairs"]],
                 "median": paired["decide_over_floor_median"],
+                "floor_cpu_over_decide_cpu": [p.get("floor_cpu_over_decide_cpu") for p in paired["pairs"]],
             }
         if "decide" in scenarios.get(DURING_INGESTION, {}):
             during = scenarios[DURING_INGESTION]

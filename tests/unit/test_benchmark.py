@@ -30,6 +30,7 @@ from load_tests.benchmark import (
     highest_under_budget,
     hopeless,
     paced_connections,
+    pair,
     parse_wrk,
     plot,
     point,
@@ -214,11 +215,7 @@ def test_the_ratio_target_is_judged_by_the_closed_loops_in_turn_when_they_are_cl
     pairs = [(4000, 2400), (5000, 2400), (3000, 1800)]
     one[IN_TURN] = {
         "pairs": [
-            {
-                "floor": scenario_figures(f)["max_throughput"],
-                "decide": scenario_figures(d)["max_throughput"],
-                "decide_over_floor": round(d / f, 3),
-            }
+            pair(scenario_figures(f)["max_throughput"], scenario_figures(d)["max_throughput"])
             for f, d in pairs
         ],
         "decide_over_floor_median": 0.6,
@@ -233,6 +230,7 @@ def test_the_ratio_target_is_judged_by_the_closed_loops_in_turn_when_they_are_cl
     assert summary({"workers": {"1": one}, "flags": []})["1w floor and decide in turn"] == {
         "decide_over_floor": [0.6, 0.48, 0.6],
         "median": 0.6,
+        "floor_cpu_over_decide_cpu": [None, None, None],  # no cores recorded
     }
     one[IN_TURN]["pairs"][1]["decide"] = scenario_figures(2400, clean=False)["max_throughput"]
     assert targets(one)["decide_over_floor_at_least_0.5"]["from"] == "scenarios"
@@ -241,6 +239,19 @@ def test_the_ratio_target_is_judged_by_the_closed_loops_in_turn_when_they_are_cl
     one[IN_TURN] = {"error": "BenchmarkError: the floor did not start"}
     assert targets(one)["decide_over_floor_at_least_0.5"]["value"] == 0.4
     assert flags({"1": one}) == [f"1 worker(s), {IN_TURN}: failed: BenchmarkError: the floor did not start"]
+
+
+def test_a_pair_compares_the_answering_processes_cpu_per_request() -> None:
+    floor, decide = scenario_figures(5000)["max_throughput"], scenario_figures(2000)["max_throughput"]
+    floor["server_cpu_cores"] = {"floor": 1.0, "wrk": 0.2}
+    decide["server_cpu_cores"] = {"nba serve": 0.98, "redis-server": 0.4, "learner": 0.2, "wrk": 0.15}
+    paired = pair(floor, decide)
+    assert paired["decide_over_floor"] == 0.4
+    assert paired["worker_us_per_request"] == {"floor": 200.0, "decide": 490.0}
+    assert paired["floor_cpu_over_decide_cpu"] == 0.408
+    # Two workers: the uvicorn workers answer, the parent only watches them.
+    decide["server_cpu_cores"] = {"nba serve": 0.0, "uvicorn worker": 1.2, "redis-server": 0.4}
+    assert pair(floor, decide)["worker_us_per_request"]["decide"] == 600.0
 
 
 def test_a_pass_above_a_failure_is_flagged() -> None:
