@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.retry import Retry
@@ -146,8 +147,20 @@ def target(event: Event) -> ProfileKeys:
 
 # The recent-events member is JSON that keeps any character as it is; attribute values and the rest of
 # an event are plain JSON. Encoders built once: json.dumps builds one per call when given options.
-_member_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_member_json_module = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _member_json(value: Any) -> str:
+    """A recent event's key properties as compact JSON that keeps any character as it is: by orjson (a
+    decision's page view has some; a ninth of the json module's 1.7 µs), else by the json module, for
+    what orjson refuses (an integer beyond 64 bits, a lone surrogate). profile.loads reads both."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return _member_json_module(value)
+
+
 _json_string = json.encoder.encode_basestring
 
 
