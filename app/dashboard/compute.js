@@ -153,3 +153,16 @@ export function analyse(samples, { lastS = 60 } = {}) {
     latest,
   };
 }
+
+/**
+ * The comparisons of an uplift report (GET /v1/reports/uplift) that the uplift chart draws, in order:
+ * overall, each action against the control group, then each action's own holdout (its treatment
+ * customers served it against those it was withheld from). Only those with a lift to show.
+ */
+export function upliftRows(report) {
+  return [
+    ...(report.overall ? [{ ...report.overall, label: "overall" }] : []),
+    ...(report.actions || []).map((c) => ({ ...c, label: c.slice })),
+    ...(report.holdouts || []).map((c) => ({ ...c, label: `${c.slice} · own holdout` })),
+  ].filter((c) => c.conversion && c.conversion.absolute && c.conversion.absolute.value !== null);
+}

@@ -5,7 +5,7 @@
 //                             has nothing to compare yet: treatment against control
 // and draws them (charts.js). docs/dashboard.md says what each chart computes.
 
-import { analyse } from "./compute.js";
+import { analyse, upliftRows } from "./compute.js";
 import { PALETTE, barChart, emptyState, errorState, intervalChart, lineChart } from "./charts.js";
 
 const REFRESH_MS = 5000;
@@ -360,10 +360,7 @@ function drawUplift() {
     emptyState(container, "Loading the uplift report…");
     return;
   }
-  const comparisons = [
-    ...(report.overall ? [{ ...report.overall, slice: "overall" }] : []),
-    ...(report.actions || []),
-  ].filter((c) => c.conversion && c.conversion.absolute && c.conversion.absolute.value !== null);
+  const comparisons = upliftRows(report);
   if (!comparisons.length) {
     // The report's own first warning says why (no rewards joined yet, windows still open, ...).
     const why = (report.warnings || [])[0];
@@ -377,7 +374,7 @@ function drawUplift() {
       const n = `n ${c.treatment.customers}/${c.control.customers}`;
       const pText = p === null || p === undefined ? "p –" : `p ${p < 0.001 ? "<0.001" : p.toFixed(3)}`;
       return {
-        label: c.slice,
+        label: c.label,
         value: lift.value,
         lo: lift.low,
         hi: lift.high,

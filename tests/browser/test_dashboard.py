@@ -304,6 +304,16 @@ def check_the_page(browser: Any, base_url: str, sender: Traffic, artifacts: Path
                   {t: 30, instance: 'b', decisions: {total: 3}},
                   {t: 40, instance: 'b', decisions: {total: 13}},
                 ]).points.map(p => [p.t, p.decisions, p.throughput]),
+                // The uplift chart's rows: overall, the actions, then each action's own holdout; a
+                // comparison with no lift yet (one side empty) is left out.
+                uplift: c.upliftRows({
+                  overall: {slice: 'overall', conversion: {absolute: {value: 0.02}}},
+                  actions: [
+                    {slice: 'a', conversion: {absolute: {value: 0.01}}},
+                    {slice: 'b', conversion: {absolute: {value: null}}},
+                  ],
+                  holdouts: [{slice: 'a', conversion: {absolute: {value: -0.01}}}],
+                }).map(r => [r.label, r.conversion.absolute.value]),
               };
             }"""
         )
@@ -313,6 +323,7 @@ def check_the_page(browser: Any, base_url: str, sender: Traffic, artifacts: Path
         assert checks["none"] is None
         assert checks["reset"] == 7
         assert checks["runs"] == [[20, 20, 2], [40, 10, 1]]
+        assert checks["uplift"] == [["overall", 0.02], ["a", 0.01], ["a · own holdout", -0.01]]
 
         shot = artifacts / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
