@@ -30,6 +30,7 @@ import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 from prometheus_client import (
@@ -47,6 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feature_store import ProfileStore, StoreUnavailable
 from feature_store.monitoring import Backlogs
+from feature_store.redis_config import Finding
 from policies.funnel import Verdict
 
 if TYPE_CHECKING:
@@ -284,21 +286,47 @@ def cumulative() -> Iterable[Metric]:
     return _Cumulative().collect()
 
 
-async def backlogs(services: Services) -> Backlogs | None:
-    """The deployment's backlogs from Redis, or ``None`` when the store did not answer in time."""
+async def _in_time(read: Awaitable[R]) -> R | None:
+    """What ``read`` gives, or ``None`` when the store did not answer within the scrape's timeout."""
     try:
         async with asyncio.timeout(SCRAPE_STORE_TIMEOUT_S):
-            return await services.store.monitoring().backlogs(int(services.clock() * 1000))
+            return await read
     except (StoreUnavailable, TimeoutError):
         return None
+
+
+async def backlogs(services: Services) -> Backlogs | None:
+    """The deployment's backlogs from Redis, or ``None`` when the store did not answer in time."""
+    return await _in_time(services.store.monitoring().backlogs(int(services.clock() * 1000)))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreReadings:
+    """What a scrape reads from Redis: the deployment's backlogs, and the settings of Redis that are not
+    what the service needs (``None`` when Redis refuses to say)."""
+
+    backlogs: Backlogs
+    config: list[Finding] | None
+
+
+async def store_readings(services: Services) -> StoreReadings | None:
+    """Both readings; ``None`` when the store did not answer both within the scrape's timeout."""
+
+    async def both() -> StoreReadings:
+        monitoring = services.store.monitoring()
+        found = await monitoring.backlogs(int(services.clock() * 1000))
+        return StoreReadings(found, await monitoring.config())
+
+    return await _in_time(both())
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
 
-def at_scrape(services: Services, found: Backlogs | None) -> list[Metric]:
-    """The gauges read at scrape: this process's model snapshot, and the deployment's backlogs."""
+def at_scrape(services: Services, readings: StoreReadings | None) -> list[Metric]:
+    """The gauges read at scrape: this process's model snapshot, the deployment's backlogs, and what is
+    wrong with Redis's configuration."""
     snapshot = services.models.scorer.snapshot
     info = GaugeMetricFamily(
         "nba_model_snapshot_info", "The snapshot version this process scores with.", labels=["version"]
@@ -309,10 +337,22 @@ def at_scrape(services: Services, found: Backlogs | None) -> list[Metric]:
         age = services.clock() - snapshot.published_ms / 1000
         documentation = "Age of the snapshot this process scores with."
         out.append(_gauge("nba_model_snapshot_age_seconds", documentation, age))
-    documentation = "1 when the at-scrape reads of Redis answered in time, else 0 (backlogs left out)."
-    out.append(_gauge("nba_scrape_store_success", documentation, int(found is not None)))
-    if found is None:
+    documentation = "1 when the at-scrape reads of Redis answered in time, else 0 (their gauges left out)."
+    out.append(_gauge("nba_scrape_store_success", documentation, int(readings is not None)))
+    if readings is None:
         return out
+    if readings.config is not None:
+        problems = GaugeMetricFamily(
+            "nba_redis_config_problems",
+            "Settings of Redis that are not what the service needs, by what they risk: data_loss "
+            "(an eviction policy, no append-only file) or memory (compact encodings' limits).",
+            labels=["effect"],
+        )
+        lose = sum(f.loses_data for f in readings.config)
+        problems.add_metric(["data_loss"], lose)
+        problems.add_metric(["memory"], len(readings.config) - lose)
+        out.append(problems)
+    found = readings.backlogs
     lag = GaugeMetricFamily(
         "nba_learner_lag", "Entries not yet read by the learner's consumer group.", labels=["stream"]
     )
@@ -335,5 +375,5 @@ def at_scrape(services: Services, found: Backlogs | None) -> list[Metric]:
 
 async def exposition(services: Services) -> bytes:
     """The text of ``GET /metrics``."""
-    gauges = at_scrape(services, await backlogs(services))
+    gauges = at_scrape(services, await store_readings(services))
     return generate_latest(_Scrape(cumulative(), gauges))

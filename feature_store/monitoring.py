@@ -1,5 +1,6 @@
-"""What operators watch, read from Redis: backlogs (for ``/metrics``, at scrape) and the dashboard's
-samples (keys.py, ``{d}``). Nothing here is on the hot path: a scrape or a sample costs two round trips.
+"""What operators watch, read from Redis: backlogs and Redis's own configuration (for ``/metrics``, at
+scrape) and the dashboard's samples (keys.py, ``{d}``). Nothing here is on the hot path: a scrape or a
+sample costs two or three round trips.
 
 The learner's lag is the ``lag`` that ``XINFO GROUPS`` reports (Redis 7.0 and later). An older Redis
 does not report it, so it is counted instead, by a script that walks the stream from the group's last
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
-from feature_store import keys
+from feature_store import keys, redis_config
 from feature_store.calls import translated
 from feature_store.learning import GROUP
 
@@ -112,6 +114,15 @@ class MonitoringStore:
             dead_letters=int(dead),
             outbox_due=outbox_due,
         )
+
+    async def config(self) -> list[redis_config.Finding] | None:
+        """The settings of this Redis that are not what the service needs (redis_config.py), read now;
+        ``None`` when Redis refuses ``CONFIG GET`` (a managed Redis that renames it, a user without it)."""
+        async with translated():
+            try:
+                return redis_config.judge(await redis_config.read(self._redis))
+            except ResponseError:
+                return None
 
     async def claim_sample(self, slot: int, ttl_ms: int = 60_000) -> bool:
         """Take the 10-s ``slot`` for this worker; ``False`` when another worker (or replica) has it."""

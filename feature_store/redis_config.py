@@ -5,7 +5,8 @@ and a wrong setting there costs data without an error anywhere: an eviction poli
 profiles as memory fills (every profile key has an expiry, so even the ``volatile-*`` policies may take
 them), and without the append-only file a restart loses what was written since the last snapshot.
 So the service reads these settings when it starts and says what is wrong and what to set
-(docs/operations.md, "Using an external Redis").
+(docs/operations.md, "Using an external Redis"), and again at every scrape of ``/metrics``
+(``nba_redis_config_problems``): a Redis reconfigured, replaced or failed over later is seen too.
 
 A Redis that refuses ``CONFIG GET`` (a managed service that renames it, a user without ``+config``) is
 reported as unchecked, not as wrong: the service cannot tell.
@@ -21,6 +22,7 @@ from redis.exceptions import ResponseError
 from feature_store.embedded import COMPACT_VALUE_BYTES, COMPACT_VALUES
 
 _COMPACT: Final = tuple(name for spellings in COMPACT_VALUES for name in spellings)
+_PATTERNS: Final = ("maxmemory-policy", "appendonly", "*-max-*-value")  # one pattern a CONFIG GET (Redis 6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +37,21 @@ class Finding:
     loses_data: bool
 
 
+async def read(redis: Any) -> dict[str, str]:
+    """The settings :func:`judge` reads, from the Redis behind ``redis`` (a ``redis.asyncio.Redis``), in
+    one round trip. Raises ``ResponseError`` when Redis refuses ``CONFIG GET``."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for pattern in _PATTERNS:
+            pipe.config_get(pattern)
+        replies: list[dict[str, str]] = await pipe.execute()
+    return {name: value for reply in replies for name, value in reply.items()}
+
+
 async def check(redis: Any) -> list[Finding]:
     """The settings of the Redis behind ``redis`` (a ``redis.asyncio.Redis``) that are not what the
-    service needs; empty when all are."""
+    service needs; empty when all are. A Redis that refuses to say is one finding, ``value`` None."""
     try:
-        found: dict[str, str] = {}
-        for pattern in ("maxmemory-policy", "appendonly", "*-max-*-value"):  # one pattern a call (Redis 6)
-            found.update(await redis.config_get(pattern))
+        found = await read(redis)
     except ResponseError as exc:
         return [
             Finding(

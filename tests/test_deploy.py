@@ -46,6 +46,8 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "nba_webhook_delivery_duration_seconds": ("histogram", frozenset({"destination"})),
     "nba_dead_letters": ("gauge", frozenset()),
     "nba_outbox_due": ("gauge", frozenset()),
+    # Beside the contract: an addition.
+    "nba_redis_config_problems": ("gauge", frozenset({"effect"})),
 }
 # Labels Prometheus adds (target labels) or that its functions make.
 PROMETHEUS_LABELS = frozenset({"job", "instance", "le", "quantile"})
@@ -341,6 +343,19 @@ def test_compose_redis_persists() -> None:
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
+def test_compose_redis_is_what_the_service_checks_for() -> None:
+    """The API checks Redis's settings at start and at every scrape (feature_store/redis_config.py): the
+    compose file's Redis passes, memory included, so that its dashboard shows no problem."""
+    from feature_store.redis_config import judge
+
+    command = compose()["services"]["redis"]["command"]
+    pairs = zip(command[1::2], command[2::2], strict=True)
+    options = {name.removeprefix("--"): value for name, value in pairs}
+    compact = {"hash-max-listpack-value", "zset-max-listpack-value"}
+    assert {"appendonly", "maxmemory-policy", *compact} <= set(options)
+    assert judge(options) == []
 
 
 def test_compose_api() -> None:
