@@ -71,6 +71,41 @@ function ready(container, ...nodes) {
   const figure = container.closest("figure");
   if (figure) figure.dataset.state = "ready";
   container.replaceChildren(...nodes);
+  for (const node of nodes) fitLabels(node);
+}
+
+/** A row's label, anchored at its right end, `room` px wide at most (see fitLabels). */
+function label(parent, x, y, content, room) {
+  const attrs = { "text-anchor": "end", class: "label", "data-room": Math.floor(room) };
+  const node = text(parent, x, y, content, attrs);
+  svg("title", {}, node).textContent = content;
+  return node;
+}
+
+/**
+ * Labels longer than their room (an action id with " · own holdout", say) are shortened in the middle
+ * with "…", which keeps both ends readable; the whole label stays in its tooltip. Measured as drawn, once
+ * in the page (a chart in a hidden tab measures 0 and is left whole).
+ */
+function fitLabels(root) {
+  if (!root.querySelectorAll) return;
+  for (const node of root.querySelectorAll("text.label[data-room]")) {
+    const room = Number(node.dataset.room);
+    if (node.getComputedTextLength() <= room) continue;
+    const shown = node.firstChild; // the text (a label that overflows has some); its <title> comes after
+    const whole = shown.data;
+    let lo = 0; // characters kept that fit
+    let hi = whole.length - 1;
+    const cut = (k) =>
+      `${whole.slice(0, Math.ceil(k / 2))}…${whole.slice(whole.length - Math.floor(k / 2))}`;
+    while (lo < hi) {
+      const k = Math.ceil((lo + hi) / 2);
+      shown.data = cut(k);
+      if (node.getComputedTextLength() <= room) lo = k;
+      else hi = k - 1;
+    }
+    shown.data = cut(lo);
+  }
 }
 
 /**
@@ -165,8 +200,7 @@ export function barChart(container, { rows, format = String, color = PALETTE[0] 
   const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img" });
   rows.forEach((row, i) => {
     const y = 3 + i * rowHeight;
-    const label = text(root, labelWidth - 6, y + 15, row.label, { "text-anchor": "end", class: "label" });
-    svg("title", {}, label).textContent = row.label;
+    label(root, labelWidth - 6, y + 15, row.label, labelWidth - 8);
     const length = highest > 0 ? Math.max(row.value > 0 ? 2 : 0, (row.value / highest) * w) : 0;
     const bar = svg("rect", {
       x: labelWidth, y: y + 3, width: length.toFixed(1), height: rowHeight - 7, rx: 2,
@@ -203,8 +237,7 @@ export function intervalChart(container, { rows, format = String }) {
   }
   rows.forEach((row, i) => {
     const y = 4 + i * rowHeight + rowHeight / 2;
-    const label = text(root, labelWidth, y + 4, row.label, { "text-anchor": "end", class: "label" });
-    svg("title", {}, label).textContent = row.label;
+    label(root, labelWidth, y + 4, row.label, labelWidth - 2);
     const lo = row.lo ?? row.value;
     const hi = row.hi ?? row.value;
     const tone = lo > 0 ? "up" : hi < 0 ? "down" : "flat";

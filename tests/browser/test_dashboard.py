@@ -325,6 +325,38 @@ def check_the_page(browser: Any, base_url: str, sender: Traffic, artifacts: Path
         assert checks["runs"] == [[20, 20, 2], [40, 10, 1]]
         assert checks["uplift"] == [["overall", 0.02], ["a", 0.01], ["a · own holdout", -0.01]]
 
+        # Row labels fit their room: a long one is shortened in the middle, its tooltip whole.
+        labels = page.evaluate(
+            """() => [...document.querySelectorAll('text.label[data-room]')].map(t => [
+              t.getComputedTextLength(), Number(t.dataset.room), t.firstChild.data,
+              t.querySelector('title').textContent])"""
+        )
+        assert labels
+        for width, room, shown, whole in labels:
+            assert width <= room + 0.5, (shown, width, room)
+            assert shown == whole or (shown[0] == whole[0] and shown[-1] == whole[-1] and "…" in shown)
+        long = "a_follow_up_offer_with_a_long_identifier · own holdout"
+        shown, whole, width, room = page.evaluate(
+            """async (long) => {
+              const charts = await import('/dashboard/static/charts.js');
+              const box = document.createElement('div');
+              box.style.width = '420px';
+              document.body.appendChild(box);
+              charts.intervalChart(box, {rows: [{label: long, value: 0.01, lo: -0.01, hi: 0.03}]});
+              const t = box.querySelector('text.label');
+              const out = [t.firstChild.data, t.querySelector('title').textContent,
+                           t.getComputedTextLength(), Number(t.dataset.room)];
+              box.remove();
+              return out;
+            }""",
+            long,
+        )
+        assert whole == long
+        assert "…" in shown, shown
+        assert shown.startswith("a_follow"), shown
+        assert shown.endswith("holdout"), shown
+        assert width <= room + 0.5, (width, room)
+
         shot = artifacts / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         print(f"\ndashboard screenshot: {shot} ({time.monotonic() - started:.1f} s)")
