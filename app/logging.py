@@ -76,8 +76,11 @@ def _keyed(salt: bytes) -> Callable[[str], str]:
     return keyed
 
 
-def pseudonymizer(salt: bytes) -> structlog.typing.Processor:
-    """A structlog processor that replaces the values of :data:`PERSONAL` keys with their pseudonyms.
+Hide = Callable[[MutableMapping[str, Any]], None]
+
+
+def hider(salt: bytes) -> Hide:
+    """What replaces the values of :data:`PERSONAL` keys of a line with their pseudonyms, in place.
 
     The pseudonyms of the ids seen last are kept: a visitor's page views each log a decision, and an
     HMAC costs more than the rest of the line's processing."""
@@ -91,10 +94,21 @@ def pseudonymizer(salt: bytes) -> structlog.typing.Processor:
             return [hide(item, prefix) for item in value]
         return value  # None, numbers: nothing personal
 
-    def processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    def hide_personal(event: MutableMapping[str, Any]) -> None:
         for key, prefix in PERSONAL.items():
             if key in event:
                 event[key] = hide(event[key], prefix)
+
+    return hide_personal
+
+
+def pseudonymizer(salt: bytes | Hide) -> structlog.typing.Processor:
+    """A structlog processor that replaces the values of :data:`PERSONAL` keys with their pseudonyms
+    (:func:`hider`, made here from ``salt`` or given)."""
+    hide_personal = hider(salt) if isinstance(salt, bytes) else salt
+
+    def processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        hide_personal(event)
         return event
 
     return processor
@@ -163,6 +177,9 @@ class _Logger(structlog.make_filtering_bound_logger(logging.INFO)):  # type: ign
     def info(self, event: str, *args: Any, **kw: Any) -> Any:
         if args or self._context:
             return super().info(event, *args, **kw)
+        direct = _direct
+        if direct is not None and direct.stands_for(self._processors) and "exc_info" not in kw:
+            return direct.write(event, kw)
         line: Any = kw
         line["event"] = event
         try:
@@ -175,6 +192,39 @@ class _Logger(structlog.make_filtering_bound_logger(logging.INFO)):  # type: ign
         if isinstance(line, tuple):
             return self._logger.info(*line[0], **line[1])
         return self._logger.info(**line)
+
+
+class _Direct:
+    """The info lines of the chain :func:`configure` sets up for JSON, written in one call rather than
+    through the chain: what each processor adds, in its order. A decision logs a line on every page view;
+    this way saved it about 7 us of the worker's time on the wire (2%), several times what the calls
+    cost in a tight loop, as interpreted code gone cold since the last decision runs slower
+    (docs/performance.md). tests/unit/test_logging.py holds the two ways' lines equal."""
+
+    __slots__ = ("chain", "hide_personal", "lines", "processors")
+
+    def __init__(self, processors: list[Any], hide_personal: Hide, lines: Lines) -> None:
+        # The chain this stands for, and what it held: a logger with other processors uses them, and so
+        # does one whose list was changed in place (structlog.testing.capture_logs).
+        self.processors, self.chain = processors, list(processors)
+        self.hide_personal = hide_personal
+        self.lines = lines
+
+    def stands_for(self, processors: Any) -> bool:
+        return processors is self.processors and processors == self.chain
+
+    def write(self, event: str, line: dict[str, Any]) -> None:
+        # add_request_id, the pseudonymizer, add_log_level, stamp and _render_json, as processors.
+        line["event"] = event
+        self.hide_personal(line)
+        rid = _REQUEST_ID.get()
+        if rid is not None:
+            line.setdefault("request_id", rid)
+        line["level"] = "info"
+        self.lines.later(_render_json(stamp(None, "info", line)))
+
+
+_direct: _Direct | None = None  # set by configure() when its JSON lines go to a byte stream
 
 
 # How long an info line may wait for others to go out with it.
@@ -298,20 +348,25 @@ def configure(log_format: str = "auto", salt: bytes | None = None) -> None:
     def tracebacks(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
         return exceptions(logger, method, event) if "exc_info" in event else event
 
+    hide_personal = hider(salt or os.urandom(32))
+    processors = [
+        add_request_id,
+        pseudonymizer(hide_personal),
+        structlog.processors.add_log_level,
+        stamp,
+        tracebacks,
+        renderer,
+    ]
+    global _direct
+    _direct = None
     factory: Callable[..., Any] = structlog.PrintLoggerFactory(sys.stderr)
     if out is not None:
         # One Lines per stream: configured again (tests), lines to the same stream keep their order.
         lines = next((each for each in _LINES if each.out is out), None) or Lines(out)
         factory = lambda *_: lines  # noqa: E731
+        _direct = _Direct(processors, hide_personal, lines)
     structlog.configure(
-        processors=[
-            add_request_id,
-            pseudonymizer(salt or os.urandom(32)),
-            structlog.processors.add_log_level,
-            stamp,
-            tracebacks,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=_Logger,
         logger_factory=factory,
         cache_logger_on_first_use=True,

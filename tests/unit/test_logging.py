@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import structlog
 
+from app import logging as app_logging
 from app.logging import (
     FLUSH_AFTER_S,
     Lines,
@@ -25,6 +27,7 @@ from app.logging import (
     _render_json,
     add_request_id,
     bind_request_id,
+    configure,
     flush,
     pseudonym,
     reset_request_id,
@@ -101,6 +104,48 @@ def test_captured_logs_see_the_loggers_short_info() -> None:
     with structlog.testing.capture_logs() as logged:
         structlog.wrap_logger(structlog.BytesLogger(ours), wrapper_class=_Logger).info("seen", n=1)
     assert logged == [{"event": "seen", "n": 1, "log_level": "info"}]
+
+
+def test_the_configured_json_lines_are_the_same_written_in_one_call_or_through_the_chain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = Writes()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(out))
+    configure("json", b"s" * 16)
+    log = structlog.get_logger("nba.test")
+    direct = app_logging._direct
+    assert direct is not None
+
+    def lines() -> list[dict[str, Any]]:
+        token = bind_request_id("req-7")
+        try:
+            log.info("decision", customer="c:c-1", customer_id=["c-2", None], anonymous_id=None, n=1)
+            log.info("odd", values={3, 1}, big=2**70, request_id="own")  # repr, the json module
+            log.info("failed", exc_info=ValueError("bad"))  # a traceback: the chain's
+        finally:
+            reset_request_id(token)
+        log.info("outside a request", email="someone@example.com")
+        flush()
+        written = [orjson.loads(line) for line in out.writes[-1].splitlines()]
+        for line in written:
+            assert line.pop("timestamp")
+        return written
+
+    first = lines()
+    monkeypatch.setattr(app_logging, "_direct", None)  # the chain, as before the direct way
+    second = lines()
+    assert first == second
+    assert first[0]["customer"] == pseudonym(b"s" * 16, "c:c-1")
+    assert first[0]["customer_id"] == [pseudonym(b"s" * 16, "c:c-2"), None]
+    assert first[1]["big"] == 2**70
+    assert first[1]["request_id"] == "own"
+    assert "exception" in first[2]
+    # Only the configured chain's loggers go the direct way: one captured for a test sees every line.
+    monkeypatch.setattr(app_logging, "_direct", direct)
+    with structlog.testing.capture_logs() as captured:
+        log.info("captured", customer="c:c-1")
+    assert captured == [{"event": "captured", "customer": "c:c-1", "log_level": "info"}]
+    structlog.reset_defaults()
 
 
 class Writes(io.BytesIO):
