@@ -111,6 +111,7 @@ def test_the_configured_json_lines_are_the_same_written_in_one_call_or_through_t
 ) -> None:
     out = Writes()
     monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(out))
+    monkeypatch.setattr(app_logging, "_direct", app_logging._direct)  # put back as it was, after
     configure("json", b"s" * 16)
     log = structlog.get_logger("nba.test")
     direct = app_logging._direct
