@@ -76,11 +76,8 @@ def _keyed(salt: bytes) -> Callable[[str], str]:
     return keyed
 
 
-Hide = Callable[[MutableMapping[str, Any]], None]
-
-
-def hider(salt: bytes) -> Hide:
-    """What replaces the values of :data:`PERSONAL` keys of a line with their pseudonyms, in place.
+def pseudonymizer(salt: bytes) -> structlog.typing.Processor:
+    """A structlog processor that replaces the values of :data:`PERSONAL` keys with their pseudonyms.
 
     The pseudonyms of the ids seen last are kept: a visitor's page views each log a decision, and an
     HMAC costs more than the rest of the line's processing."""
@@ -94,21 +91,10 @@ def hider(salt: bytes) -> Hide:
             return [hide(item, prefix) for item in value]
         return value  # None, numbers: nothing personal
 
-    def hide_personal(event: MutableMapping[str, Any]) -> None:
+    def processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         for key, prefix in PERSONAL.items():
             if key in event:
                 event[key] = hide(event[key], prefix)
-
-    return hide_personal
-
-
-def pseudonymizer(salt: bytes | Hide) -> structlog.typing.Processor:
-    """A structlog processor that replaces the values of :data:`PERSONAL` keys with their pseudonyms
-    (:func:`hider`, made here from ``salt`` or given)."""
-    hide_personal = hider(salt) if isinstance(salt, bytes) else salt
-
-    def processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        hide_personal(event)
         return event
 
     return processor
@@ -201,13 +187,13 @@ class _Direct:
     cost in a tight loop, as interpreted code gone cold since the last decision runs slower
     (docs/performance.md). tests/unit/test_logging.py holds the two ways' lines equal."""
 
-    __slots__ = ("chain", "hide_personal", "lines", "processors")
+    __slots__ = ("chain", "lines", "processors", "pseudonymize")
 
-    def __init__(self, processors: list[Any], hide_personal: Hide, lines: Lines) -> None:
+    def __init__(self, processors: list[Any], pseudonymize: structlog.typing.Processor, lines: Lines) -> None:
         # The chain this stands for, and what it held: a logger with other processors uses them, and so
         # does one whose list was changed in place (structlog.testing.capture_logs).
         self.processors, self.chain = processors, list(processors)
-        self.hide_personal = hide_personal
+        self.pseudonymize = pseudonymize  # the chain's own
         self.lines = lines
 
     def stands_for(self, processors: Any) -> bool:
@@ -216,10 +202,7 @@ class _Direct:
     def write(self, event: str, line: dict[str, Any]) -> None:
         # add_request_id, the pseudonymizer, add_log_level, stamp and _render_json, as processors.
         line["event"] = event
-        self.hide_personal(line)
-        rid = _REQUEST_ID.get()
-        if rid is not None:
-            line.setdefault("request_id", rid)
+        self.pseudonymize(None, "info", add_request_id(None, "info", line))
         line["level"] = "info"
         self.lines.later(_render_json(stamp(None, "info", line)))
 
@@ -348,10 +331,10 @@ def configure(log_format: str = "auto", salt: bytes | None = None) -> None:
     def tracebacks(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
         return exceptions(logger, method, event) if "exc_info" in event else event
 
-    hide_personal = hider(salt or os.urandom(32))
+    pseudonymize = pseudonymizer(salt or os.urandom(32))
     processors = [
         add_request_id,
-        pseudonymizer(hide_personal),
+        pseudonymize,
         structlog.processors.add_log_level,
         stamp,
         tracebacks,
@@ -364,7 +347,7 @@ def configure(log_format: str = "auto", salt: bytes | None = None) -> None:
         # One Lines per stream: configured again (tests), lines to the same stream keep their order.
         lines = next((each for each in _LINES if each.out is out), None) or Lines(out)
         factory = lambda *_: lines  # noqa: E731
-        _direct = _Direct(processors, hide_personal, lines)
+        _direct = _Direct(processors, pseudonymize, lines)
     structlog.configure(
         processors=processors,
         wrapper_class=_Logger,
