@@ -138,7 +138,7 @@ class ProfileKeys:
 
     @property
     def tag(self) -> str:
-        return f"{PREFIX}:{{{self.kind.value}:{_escape(self.id)}}}"
+        return f"{PREFIX}:{{{self.kind}:{_escape(self.id)}}}"  # a StrEnum formats as its value
 
     @property
     def alias(self) -> str:
@@ -179,7 +179,7 @@ class ProfileKeys:
     @property
     def ref(self) -> str:
         """The profile as one string, ``c:<id>`` or ``a:<id>`` (the form logs and decisions use)."""
-        return f"{self.kind.value}:{self.id}"
+        return f"{self.kind}:{self.id}"
 
     @classmethod
     def parse(cls, ref: str) -> ProfileKeys:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -169,8 +169,9 @@ def script_args(event: Event) -> list[str]:
     "" or a JSON object of the rest (order id, what the type does beyond the counters, attributes)."""
     props = event.properties
     time_ms = str(event.time_ms)
-    # Recent events are a sorted set, so two identical events need something to tell them apart.
-    key = event.event_id if event.event_id is not None else os.urandom(6).hex()
+    # Recent events are a sorted set, so two identical events need something to tell them apart: unique
+    # enough, and no system call (random's generator is seeded again in a forked child).
+    key = event.event_id if event.event_id is not None else f"{random.getrandbits(48):012x}"
     kept = key_properties(props) if props else None
     kept_json = f',"p":{_member_json(kept)}' if kept else ""
     member = f'{{"y":{_json_string(event.type)},"t":{time_ms}{kept_json},"k":{_json_string(key)}}}'
@@ -398,9 +399,9 @@ class ProfileStore:
             commands.append(("ZREMRANGEBYSCORE", contacts, "-inf", f"({now - config.contacts_ms}"))
             commands.append(("PEXPIRE", contacts, ttl))
         decision_key = keys.decision(record.decision_id)
-        commands.append(("HSET", decision_key, *(x for item in record.summary.items() for x in item)))
+        commands.append(("HSET", decision_key, *[x for item in record.summary.items() for x in item]))
         commands.append(("PEXPIRE", decision_key, config.decision_ttl_ms))
-        entry = (x for item in record.log.items() for x in item)
+        entry = [x for item in record.log.items() for x in item]
         commands.append(("XADD", keys.DECISION_LOG, "MAXLEN", "~", config.log_max, "*", *entry))
         async with translated():
             for reply in await self._pipelined(commands):
