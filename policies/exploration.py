@@ -25,19 +25,31 @@ class Draws(Protocol):
 
 
 class SeededDraws:
-    """The draws of ``random.Random(seed)``, the generator seeded at the first draw: seeding one costs
-    about 4 µs (its state of 624 words), and most decisions draw nothing (no action is eligible)."""
+    """The draws of ``random.Random(seed)``, the generator seeded at the first draw whose value is read:
+    seeding one costs about 4 µs (its state of 624 words), and most decisions draw nothing (no action is
+    eligible) or draw among one (:meth:`skip`)."""
 
-    __slots__ = ("_generator", "_seed")
+    __slots__ = ("_generator", "_seed", "_skipped")
 
     def __init__(self, seed: int | float | str | bytes) -> None:
         self._seed = seed
         self._generator: random.Random | None = None
+        self._skipped = 0
 
     def random(self) -> float:
         if self._generator is None:
             self._generator = random.Random(self._seed)
+            for _ in range(self._skipped):
+                self._generator.random()
         return self._generator.random()
+
+    def skip(self) -> None:
+        """A draw whose value nobody reads: taken when a later draw seeds the generator, so that every
+        draw after it is the one it would have been."""
+        if self._generator is None:
+            self._skipped += 1
+        else:
+            self._generator.random()
 
 
 def probabilities(priorities: Sequence[float], spec: Exploration) -> list[float]:
@@ -66,6 +78,13 @@ def draw(priorities: Sequence[float], spec: Exploration, k: int, rng: Draws) -> 
     chosen: list[tuple[int, float]] = []
     while left and len(chosen) < k:
         probs = probabilities([priorities[i] for i in left], spec)
+        if len(left) == 1:  # no choice: the draw is taken, for the draws after it, but not read
+            chosen.append((left[0], probs[0]))
+            if isinstance(rng, SeededDraws):
+                rng.skip()
+            else:
+                rng.random()
+            break
         at = rng.random()
         pick = max(j for j, p in enumerate(probs) if p > 0)  # where rounding leaves ``at`` past the sum
         cumulative = 0.0

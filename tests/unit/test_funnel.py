@@ -165,6 +165,27 @@ def test_seeded_draws_are_the_draws_of_random_seeded_alike(seed: Any) -> None:
     assert [draws.random() for _ in range(5)] == [generator.random() for _ in range(5)]
 
 
+def test_a_skipped_draw_takes_its_place_in_the_sequence() -> None:
+    draws, generator = SeededDraws("d-1"), random.Random("d-1")
+    draws.skip()
+    draws.skip()
+    for _ in range(2):
+        generator.random()
+    assert draws.random() == generator.random()
+    draws.skip()  # once seeded, taken at once
+    generator.random()
+    assert draws.random() == generator.random()
+
+
+def test_a_draw_among_one_seeds_nothing_and_leaves_the_later_draws_as_they_were() -> None:
+    spec = Exploration(policy="softmax", temperature=0.5)
+    draws, generator = SeededDraws("d-2"), random.Random("d-2")
+    assert draw([0.4], spec, 1, draws) == draw([0.4], spec, 1, generator) == [(0, 1.0)]
+    assert draws._generator is None  # the 4-µs seeding waits for a draw that is read
+    assert draw([0.4, 0.9, 0.1], spec, 2, draws) == draw([0.4, 0.9, 0.1], spec, 2, generator)
+    assert draws.random() == generator.random()
+
+
 @pytest.mark.parametrize("group", ["treatment", "control"])
 def test_a_decision_draws_alike_with_seeded_draws(fixture_catalogue: Catalogue, group: str) -> None:
     for n in range(40):
