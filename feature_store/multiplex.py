@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Final
 
 import hiredis
@@ -112,19 +112,27 @@ class _Link(asyncio.Protocol):
             self._drained = None
 
     # The store's side.
-    async def call(self, packed: bytes, count: int) -> list[Any]:
+    def call(self, packed: bytes, count: int) -> Awaitable[list[Any]]:
+        """The call's replies to await: its future, or while the socket is behind with a large write, a
+        coroutine that waits for it to drain first, as ``drain()`` does. Made at once, not when awaited,
+        and a function rather than a coroutine: a decision's round trip resumes one frame less."""
         future: asyncio.Future[list[Any]] = self._loop.create_future()
         self._calls.append(_Call(future, count, self._loop.time() + self._timeout_s))
         if not self._unsent:
             self._loop.call_soon(self._send)
         self._unsent.append(packed)
-        if self._drained is not None:  # a large write: wait for the socket to take it, as drain() does
-            try:
-                await asyncio.shield(self._drained)
-            except BaseException:
-                if future.done() and not future.cancelled():
-                    future.exception()  # the same failure, raised here
-                raise
+        if self._drained is not None:
+            return self._after_drain(self._drained, future)
+        return future
+
+    @staticmethod
+    async def _after_drain(drained: asyncio.Future[None], future: asyncio.Future[list[Any]]) -> list[Any]:
+        try:
+            await asyncio.shield(drained)
+        except BaseException:
+            if future.done() and not future.cancelled():
+                future.exception()  # the same failure, raised here
+            raise
         return await future
 
     def _send(self) -> None:
@@ -177,13 +185,18 @@ class Multiplexer:
         self._link: _Link | None = None
         self._opening: asyncio.Task[_Link] | None = None
 
-    async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """The replies of ``commands``, sent in one write, in order; an error reply in its place."""
+    def execute(self, commands: Sequence[tuple[Any, ...]]) -> Awaitable[list[Any]]:
+        """The replies of ``commands``, sent in one write, in order; an error reply in its place. The
+        call is made at once (a command that cannot be packed raises here); what it returns is awaited."""
         packed = pack(commands)
         link = self._link
         if link is None or link.failure is not None:
-            link = await self._open()
-        return await link.call(packed, len(commands))
+            return self._open_and_call(packed, len(commands))
+        return link.call(packed, len(commands))
+
+    async def _open_and_call(self, packed: bytes, count: int) -> list[Any]:
+        link = await self._open()
+        return await link.call(packed, count)
 
     async def _open(self) -> _Link:
         # Callers that find the connection down together wait for the same attempt.

@@ -22,7 +22,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -586,14 +586,14 @@ class ProfileStore:
         customer = profile_keys.id if profile_keys.kind is IdKind.CUSTOMER else None
         return Erased(existed or bool(aliases), customer)
 
-    async def _pipelined(self, commands: Sequence[tuple[Any, ...]], events: int = 0) -> list[Any]:
+    def _pipelined(self, commands: Sequence[tuple[Any, ...]], events: int = 0) -> Awaitable[list[Any]]:
         """Send the commands in one write and read their replies, an error reply in its place: a
         decision's two calls and an event's or a small batch's on the shared connection (multiplex.py),
         a bulk write (more commands than ``BULK_COMMANDS``, or script calls applying more ``events``
         than ``BULK_EVENTS``) by :meth:`_bulk_write`."""
         if len(commands) <= BULK_COMMANDS and events <= BULK_EVENTS:
-            return await self._hot.execute(commands)
-        return await self._bulk_write(commands)
+            return self._hot.execute(commands)
+        return self._bulk_write(commands)
 
     async def _bulk_write(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """A bulk write, such as a platform's batch of 500 events: kept from delaying decisions.
