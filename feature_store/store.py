@@ -24,6 +24,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -227,6 +228,8 @@ def _calls(chunks: Sequence[tuple[ProfileKeys, Sequence[Event]]], by_slot: bool)
     """Which chunks each script call applies, in order: up to ``CHUNK_EVENTS`` events a call (a read
     counts as one); with ``by_slot``, only profiles of one Redis Cluster slot share a call. A profile's
     later chunk always lands in a later call, or later in the same one."""
+    if len(chunks) == 1:  # a decision's read, an event: one call whatever its size or slot
+        return [[0]]
     calls: list[list[int]] = []
     filling: dict[int, tuple[list[int], int]] = {}  # by slot: the call being filled, its events
     for i, (profile_keys, events) in enumerate(chunks):
@@ -399,9 +402,11 @@ class ProfileStore:
             commands.append(("ZREMRANGEBYSCORE", contacts, "-inf", f"({now - config.contacts_ms}"))
             commands.append(("PEXPIRE", contacts, ttl))
         decision_key = keys.decision(record.decision_id)
-        commands.append(("HSET", decision_key, *[x for item in record.summary.items() for x in item]))
+        # Fields and values flattened by itertools, in C: a comprehension made a decision's 20-odd pairs
+        # 360 bytecodes of the worker's (a third of the recording's own).
+        commands.append(("HSET", decision_key, *chain.from_iterable(record.summary.items())))
         commands.append(("PEXPIRE", decision_key, config.decision_ttl_ms))
-        entry = [x for item in record.log.items() for x in item]
+        entry = chain.from_iterable(record.log.items())
         commands.append(("XADD", keys.DECISION_LOG, "MAXLEN", "~", config.log_max, "*", *entry))
         async with translated():
             for reply in await self._pipelined(commands):
