@@ -37,7 +37,7 @@ log = structlog.get_logger("nba")
 # The cyclic collector's young generation runs when allocations outnumber frees by this many (Python's
 # default is 700). A decision allocates and frees most of its objects across its two Redis round trips,
 # so with 32 decisions in flight the default count was passed every 27 decisions: 37 young collections
-# a thousand decisions, 8 to 10 us of the worker per decision (3%), finding no cycle to free (a decision
+# a thousand decisions, 7 to 10 us of the worker per decision (3%), finding no cycle to free (a decision
 # leaves none, good or refused). The framework floor, which allocates nothing across an await, ran 0.05
 # a thousand requests. docs/performance.md "The young generation's collections" has the measures.
 YOUNG_COLLECTION_THRESHOLD = 10_000
