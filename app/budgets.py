@@ -91,7 +91,12 @@ class Deadline:
     async def __aenter__(self) -> Deadline:
         if self.state:
             raise RuntimeError("a deadline is entered once")
-        task = asyncio.current_task()
+        # The task of the loop the deadlines wait in, found without asking which loop runs: that asks
+        # the system for the process id (a fork's check), a system call per decision. Another loop (a
+        # first deadline, a new loop) is asked the long way. Budgets serve one thread's loop at a time.
+        task = asyncio.current_task(self._budgets._loop) if self._budgets._loop is not None else None
+        if task is None:
+            task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a deadline is used inside a task")
         loop = task.get_loop()

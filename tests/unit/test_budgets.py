@@ -100,3 +100,12 @@ async def test_a_deadline_is_entered_once() -> None:
     with pytest.raises(RuntimeError, match="entered once"):
         async with deadline:
             pass
+
+
+def test_one_budgets_serves_one_loop_after_another() -> None:
+    # The deadlines' task is looked up in the loop they last waited in; a loop run after it (a closed
+    # one left behind) must still find its own task, and cut its blocks short.
+    budgets = Budgets()
+    for _ in range(2):
+        assert asyncio.run(_run(budgets.within, 0.02, 0.3)) == "timeout"
+        assert asyncio.run(_run(budgets.within, 0.05, 0.0)) == "done"
