@@ -1032,6 +1032,11 @@ def machine() -> dict[str, Any]:
         "memory_gb": round(memory_kb / 2**20, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        # Which build of it: one built without profile-guided optimization (pyenv's default) runs the
+        # service's Python slower than a distribution's or the Docker image's (docs/performance.md,
+        # "The interpreter's build"), and its version alone does not say which ran.
+        "python_executable": os.path.realpath(sys.executable),
+        "python_compiler": platform.python_compiler(),
         "uvicorn": version("uvicorn"),
         "uvloop": version("uvloop"),
         "httptools": version("httptools"),
