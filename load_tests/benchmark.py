@@ -94,6 +94,7 @@ from typing import Any
 import httpx
 import redis
 
+from app import compiled
 from feature_store.embedded import find_redis_server, free_port
 from load_tests.bench_memory import measure as measure_memory
 from load_tests.service import running_service, stop
@@ -583,6 +584,8 @@ def running(scenario: Scenario, workers: int, cwd: Path | None = None) -> Iterat
         return
     with contextlib.ExitStack() as stack:
         env = {}
+        if compiled.INTERPRETED_ENV in os.environ:  # the sources, to measure them against the compiled
+            env[compiled.INTERPRETED_ENV] = os.environ[compiled.INTERPRETED_ENV]
         if pinned(workers):
             # Redis will be pinned to the load's CPU; its rewrite child (idle priority) is not.
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nba-bench-")))
@@ -1037,6 +1040,9 @@ def machine() -> dict[str, Any]:
         # "The interpreter's build"), and its version alone does not say which ran.
         "python_executable": os.path.realpath(sys.executable),
         "python_compiler": platform.python_compiler(),
+        # How many of the decision path's modules the servers run compiled by mypyc (app/compiled.py):
+        # all of them a tenth cheaper a decision (docs/performance.md, "Compiled by mypyc").
+        "compiled_modules": len(compiled.check().compiled),
         "uvicorn": version("uvicorn"),
         "uvloop": version("uvloop"),
         "httptools": version("httptools"),
