@@ -8,10 +8,13 @@ source stays the reference: the compiled modules are the same code, checked by t
 
 An editable install compiles in place, beside the sources, and Python imports an extension module
 before the ``.py`` of the same name: after an edit, the stale compiled module would run instead of the
-edited code. So :func:`guard`, called by ``app/__init__.py`` before any of these modules can be
-imported, compares each source with its digest in the manifest, and when any differs (or there is no
-manifest, or ``NBA_INTERPRETED=1``), every one of them is imported from its source. All of them, not
-only the changed ones: compiled modules call each other's functions directly, past an interpreted one.
+edited code. So :func:`guard`, called by ``app/__init__.py``, compares each source with its digest in
+the manifest, and when any differs (or there is no manifest, or ``NBA_INTERPRETED=1``), every one of
+them is imported from its source from then on. All of them, not only the changed ones: compiled modules
+call each other's functions directly, past an interpreted one. Every way in imports ``app`` first (the
+``nba`` command, the server's workers, the tests' conftest.py, the benchmark); a script that imports
+``feature_store``, ``policies`` or ``models`` before ``app`` gets the modules as installed, which the
+guard then reports ("already imported compiled").
 
 Only the standard library here: setup.py reads this file before the dependencies are installed.
 """
